@@ -1,0 +1,466 @@
+"""``Consumer``: a handle that receives messages and owns their leases until they are settled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, TypeVar, final
+
+from . import _validate
+from ._errors import Empty, LeaseLost, QueueClosed
+from ._message import Message, Verb
+from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter
+from .storage.base import Handle, Leased, Outcome
+
+if TYPE_CHECKING:
+    from ._queue import Queue
+
+__all__ = ["Consumer"]
+
+T = TypeVar("T")
+
+_YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
+
+
+@final
+class Consumer(Generic[T]):
+    """A receiving handle on a queue: it gets messages and owns their leases.
+
+    Made by :meth:`Queue.consumer`. ``lease`` overrides the queue's lease for messages it
+    receives; ``prefetch`` leases up to that many messages per storage call and hands them out
+    one by one (their leases run from the moment they are leased); ``auto_extend`` renews the
+    lease of every message it holds every ``lease / 3`` seconds until it is settled.
+
+    Closing the consumer (``close()``, or leaving ``with`` / ``async with``) releases every
+    message it still holds: ready again at once, no attempt counted.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_auto_extend",
+        "_buffer",
+        "_closed",
+        "_held",
+        "_lease",
+        "_prefetch",
+        "_queue",
+        "_yielded",
+    )
+
+    def __init__(self, queue: Queue[T], lease: float | None, prefetch: int, auto_extend: bool) -> None:
+        self._queue = queue
+        self._lease = queue.lease if lease is None else _validate.seconds("lease", lease, positive=True)
+        self._prefetch = _validate.count("prefetch", prefetch)
+        if not isinstance(auto_extend, bool):
+            raise TypeError(f"auto_extend must be a bool, not {type(auto_extend).__name__}")
+        self._auto_extend = auto_extend
+        self._buffer: deque[Message[T]] = deque()
+        self._held: dict[int, Message[T]] = {}
+        self._closed = False
+        self._yielded = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<Consumer of {self._queue.name!r} lease={self._lease:g} holding={len(self._held)}>"
+
+    @property
+    def queue(self) -> Queue[T]:
+        """The queue this consumer receives from."""
+        return self._queue
+
+    @property
+    def lease(self) -> float:
+        """The lease, in seconds, of every message this consumer receives."""
+        return self._lease
+
+    @property
+    def held(self) -> int:
+        """How many messages this consumer holds: received (or prefetched) and not settled."""
+        return len(self._held)
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosed(f"this consumer of queue {self._queue.name!r} is closed")
+        if self._queue._closed:
+            raise QueueClosed(f"queue {self._queue.name!r} is closed")
+
+    def _take(self, n: int) -> list[Message[T]] | None:
+        """One attempt to lease ``n`` messages without waiting; None if none is eligible."""
+        buffer = self._buffer
+        if buffer:
+            return [buffer.popleft() for _ in range(min(n, len(buffer)))]
+        queue = self._queue
+        now = queue._clock()
+        records = queue._storage.lease(queue._name, max(n, self._prefetch), now, self._lease)
+        if not records:
+            return None
+        return self._adopt(records, n)
+
+    def _adopt(self, records: list[Leased], n: int) -> list[Message[T]]:
+        """Turn leased records into held messages; keep those beyond ``n`` in the buffer."""
+        queue = self._queue
+        queue._channel.changed(0, records[0].lease_expires_at or NEVER, len(records))
+        if queue._closed or self._closed:
+            self._release_records(records)
+            self._check_open()
+        decode = queue._decode
+        held = self._held
+        messages = []
+        for record in records:
+            message = Message(record, decode(record), self)
+            held[record.id] = message
+            messages.append(message)
+        if self._auto_extend:
+            queue._keeper().watch(self)
+        if len(messages) > n:
+            self._buffer.extend(messages[n:])
+            del messages[n:]
+        return messages
+
+    def _release_records(self, records: Sequence[Leased]) -> None:
+        queue = self._queue
+        queue._storage.release(queue._name, [(r.id, r.token) for r in records], queue._clock())
+        queue._channel.changed(len(records))
+
+    def _wait_sync(self, n: int, block: bool, timeout: float | None) -> list[Message[T]]:
+        """Lease ``n`` messages, sleeping until one is eligible, the deadline, or close."""
+        queue = self._queue
+        channel = queue._channel
+        storage = queue._storage
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            taken = self._take(n)
+            if taken:
+                return taken
+            if not block:
+                raise Empty(f"no message is eligible in queue {queue.name!r}")
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
+            now = queue._clock()
+            wake_at = storage.next_wakeup(queue._name, now)
+            waiter = ThreadWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed or queue._closed:
+                    continue
+                waiter.wake_at = NEVER if wake_at is None else wake_at
+                channel.enlist(channel.getters, waiter)
+            if wake_at is not None:
+                until = max(wake_at - queue._clock(), 0.0)
+                remaining = until if remaining is None else min(remaining, until)
+            try:
+                waiter.wait(remaining)
+            except BaseException:
+                channel.withdraw(channel.getters, waiter, pass_on=True)
+                raise
+            channel.withdraw(channel.getters, waiter, pass_on=False)
+
+    async def _wait_async(self, n: int, timeout: float | None) -> list[Message[T]]:
+        """The async twin of :meth:`_wait_sync`: same algorithm, the coroutine awaits a future."""
+        queue = self._queue
+        channel = queue._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        inline = not queue._storage.blocking_io
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            if inline or self._buffer:
+                taken = self._take(n)
+            else:
+                taken = await self._take_off_loop(n)
+            if taken:
+                if inline:
+                    now = time.monotonic()
+                    if now - self._yielded > _YIELD_EVERY:
+                        self._yielded = now
+                        await asyncio.sleep(0)
+                return taken
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
+            now = queue._clock()
+            wake_at = await queue._call(queue._storage.next_wakeup, queue._name, now)
+            waiter = AsyncWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed or queue._closed:
+                    continue
+                waiter.wake_at = NEVER if wake_at is None else wake_at
+                channel.enlist(channel.getters, waiter)
+            if wake_at is not None:
+                until = max(wake_at - queue._clock(), 0.0)
+                remaining = until if remaining is None else min(remaining, until)
+            self._yielded = time.monotonic()
+            await _sleep_on(waiter, remaining, channel, channel.getters)
+            channel.withdraw(channel.getters, waiter, pass_on=False)
+
+    async def _take_off_loop(self, n: int) -> list[Message[T]] | None:
+        """Lease on the I/O thread; if cancelled meanwhile, release what it leased (no attempt)."""
+        queue = self._queue
+        now = queue._clock()
+        records = await queue._call_cancel_safe(
+            queue._storage.lease, (queue._name, max(n, self._prefetch), now, self._lease), self._release_records
+        )
+        if not records:
+            return None
+        return self._adopt(records, n)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Message[T]:
+        """Receive one message, leasing it to this consumer.
+
+        If ``block`` is true and ``timeout`` is None (the default), wait until a message is
+        eligible. If ``timeout`` is a number of seconds, wait at most that long and raise
+        :class:`Empty` if none became eligible. If ``block`` is false, return one if it is
+        eligible now, else raise :class:`Empty`. Raises :class:`QueueClosed` if the queue or
+        this consumer is closed, also while waiting.
+        """
+        return self._wait_sync(1, block, _validate.timeout(timeout))[0]
+
+    def get_nowait(self) -> Message[T]:
+        """Receive one message if one is eligible now, else raise :class:`Empty`."""
+        return self._wait_sync(1, False, None)[0]
+
+    def get_many(self, max_messages: int, timeout: float | None = None) -> list[Message[T]]:
+        """Receive up to ``max_messages`` messages: as soon as at least one is eligible, return
+        those eligible then. Return [] only when ``timeout`` seconds passed with none."""
+        n = _validate.count("max_messages", max_messages)
+        try:
+            return self._wait_sync(n, True, _validate.timeout(timeout))
+        except Empty:
+            return []
+
+    async def aget(self, timeout: float | None = None) -> Message[T]:
+        """Async :meth:`get`: wait (at most ``timeout`` seconds) for one message.
+
+        Cancelling it never loses a message and never leaves one leased.
+        """
+        return (await self._wait_async(1, _validate.timeout(timeout)))[0]
+
+    async def aget_many(self, max_messages: int, timeout: float | None = None) -> list[Message[T]]:
+        """Async :meth:`get_many`."""
+        n = _validate.count("max_messages", max_messages)
+        try:
+            return await self._wait_async(n, _validate.timeout(timeout))
+        except Empty:
+            return []
+
+    def __iter__(self) -> Iterator[Message[T]]:
+        """Receive messages, blocking for each, until the queue or this consumer is closed."""
+        while True:
+            try:
+                yield self.get()
+            except QueueClosed:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[Message[T]]:
+        """Receive messages, awaiting each, until the queue or this consumer is closed."""
+        while True:
+            try:
+                yield await self.aget()
+            except QueueClosed:
+                return
+
+    # -- settling (called by Message) --------------------------------------------------------
+
+    def _check_delay(self, delay: float, error: str | None) -> float:
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error must be a str or None, not {type(error).__name__}")
+        return _validate.seconds("delay", delay)
+
+    def _check_reason(self, reason: str | None) -> None:
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+
+    def _settle_call(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> Callable[[], Outcome]:
+        queue = self._queue
+        storage = queue._storage
+        handles: list[Handle] = [(message.id, message._record.token)]
+        name = queue._name
+        clock = queue._clock
+        if verb == "ack":
+            return lambda: storage.ack(name, handles, clock())[0]
+        if verb == "nack":
+            return lambda: storage.nack(name, handles, clock(), delay, text)[0]
+        if verb == "release":
+            return lambda: storage.release(name, handles, clock())[0]
+        return lambda: storage.reject(name, handles, clock(), text)[0]
+
+    def _settle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
+        queue = self._queue
+        if queue._closed:
+            message._unclaim(False)
+            raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
+        try:
+            if verb == "ack":  # the hot path, without building a closure
+                outcome = queue._storage.ack(queue._name, [(message.id, message._record.token)], queue._clock())[0]
+            else:
+                outcome = self._settle_call(message, verb, delay, text)()
+        except BaseException:
+            message._unclaim(False)
+            raise
+        self._settled(message, verb, delay, outcome)
+
+    async def _asettle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
+        queue = self._queue
+        if queue._closed:
+            message._unclaim(False)
+            raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
+        try:
+            outcome = await queue._call(self._settle_call(message, verb, delay, text))
+        except BaseException:
+            message._unclaim(False)
+            raise
+        self._settled(message, verb, delay, outcome)
+
+    def _settled(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
+        """After the storage answered: forget the message, report it, wake who may proceed."""
+        self._held.pop(message.id, None)
+        if outcome == Outcome.LOST:
+            message._unclaim(True)
+            raise LeaseLost(
+                f"message {message.id}: the lease of this delivery ended and the message was "
+                "delivered again, dead-lettered or settled elsewhere"
+            )
+        queue = self._queue
+        if outcome == Outcome.NOOP:
+            queue._channel.changed(0, settled=True)
+            return
+        grouped = message.group is not None
+        if verb == "ack":
+            queue._channel.changed(1 if grouped else 0, settled=True)
+        elif verb == "release":
+            queue._channel.changed(1, settled=True)
+        elif verb == "nack":
+            limit = queue.max_attempts
+            if limit is not None and message.attempts >= limit:
+                queue._dead_channel().changed(1)
+                queue._channel.changed(1 if grouped else 0, settled=True)
+            elif delay > 0.0:
+                queue._channel.changed(1 if grouped else 0, queue._clock() + delay, settled=True)
+            else:
+                queue._channel.changed(1, settled=True)
+        else:
+            queue._dead_channel().changed(1)
+            queue._channel.changed(1 if grouped else 0, settled=True)
+
+    def _extend_call(self, message: Message[T], seconds: float) -> Callable[[], tuple[Outcome, float]]:
+        queue = self._queue
+
+        def call() -> tuple[Outcome, float]:
+            now = queue._clock()
+            outcome = queue._storage.extend(queue._name, [(message.id, message._record.token)], now, seconds)[0]
+            return outcome, now + seconds
+
+        return call
+
+    def _extended(self, message: Message[T], outcome: Outcome, expires: float, seconds: float) -> float:
+        if outcome != Outcome.DONE:
+            self._held.pop(message.id, None)
+            raise LeaseLost(f"message {message.id}: the lease already ended; it cannot be extended")
+        message._expires = expires
+        self._queue._channel.changed(0, expires)
+        return expires
+
+    def _extend(self, message: Message[T], seconds: float) -> float:
+        seconds = _validate.seconds("seconds", seconds)
+        self._queue._check_open()
+        outcome, expires = self._extend_call(message, seconds)()
+        return self._extended(message, outcome, expires, seconds)
+
+    async def _aextend(self, message: Message[T], seconds: float) -> float:
+        seconds = _validate.seconds("seconds", seconds)
+        self._queue._check_open()
+        outcome, expires = await self._queue._call(self._extend_call(message, seconds))
+        return self._extended(message, outcome, expires, seconds)
+
+    def _renew(self) -> bool:
+        """Extend every held message's lease by ``lease`` (the auto-extend keeper's tick).
+        Returns whether the consumer still holds messages and wants another tick."""
+        queue = self._queue
+        held = list(self._held.values())
+        if not held or self._closed or queue._closed:
+            return False
+        now = queue._clock()
+        outcomes = queue._storage.extend(queue._name, [(m.id, m._record.token) for m in held], now, self._lease)
+        expires = now + self._lease
+        for message, outcome in zip(held, outcomes, strict=True):
+            if outcome == Outcome.DONE:
+                message._expires = expires
+            else:
+                self._held.pop(message.id, None)
+        queue._channel.changed(0, expires)
+        return bool(self._held)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def _release_held(self) -> None:
+        """Give back every held message (ready at once, no attempt counted)."""
+        held = list(self._held.values())
+        self._held.clear()
+        self._buffer.clear()
+        if not held:
+            return
+        queue = self._queue
+        pending = [m for m in held if m._settled is None]
+        for message in pending:
+            message._settled = "release"
+        if pending:
+            queue._storage.release(queue._name, [(m.id, m._record.token) for m in pending], queue._clock())
+            queue._channel.changed(len(pending), settled=True)
+
+    def close(self) -> None:
+        """Release every message this consumer holds and stop receiving. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._queue._closed:
+            self._release_held()
+        self._queue._channel.close_owner(self)
+
+    def __enter__(self) -> Consumer[T]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Consumer[T]:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._queue._storage.blocking_io:
+            await self._queue._call(self.close)
+        else:
+            self.close()
+
+
+async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel, waiters: deque[Waiter]) -> None:
+    """Await ``waiter`` for at most ``timeout`` seconds. On cancellation, withdraw it from
+    ``waiters``, pass on a wake-up it may have received, and re-raise."""
+    future = waiter.future
+    timer = None
+    if timeout is not None:
+        timer = waiter.loop.call_later(timeout, _expire, future)
+    try:
+        await future
+    except BaseException:
+        channel.withdraw(waiters, waiter, pass_on=True)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,657 @@
+"""``Queue``: the front of one named queue in one storage, for threads and coroutines alike."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast, final
+
+from . import _validate
+from ._consumer import Consumer, _sleep_on
+from ._errors import Full, QueueClosed, SerializationError
+from ._keeper import LeaseKeeper, keeper
+from ._message import Message
+from ._producer import Producer
+from ._urls import open_storage
+from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, channel_for
+from .serializers import JSON, Serializer
+from .storage.base import Envelope, Leased, QueueSpec, QueueStats, Storage
+from .storage.memory import MemoryStorage
+
+__all__ = ["Queue"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("mqlite")
+
+_io_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_io_pool_lock = threading.Lock()
+
+
+def _io_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that run storage calls for coroutines when a storage may block on I/O."""
+    global _io_pool
+    with _io_pool_lock:
+        if _io_pool is None:
+            _io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mqlite-io")
+        return _io_pool
+
+
+@final
+class Queue(Generic[T]):
+    """A named FIFO queue with leases, acks and redelivery, shared by threads and coroutines.
+
+    ``storage`` is None (a private :class:`MemoryStorage`), a URL for :func:`open_storage`, or a
+    :class:`Storage` shared by many queues. A storage the queue made itself closes with it.
+
+    ``serializer`` turns bodies into bytes: by default none for storages that keep objects
+    (memory) and :data:`mqlite.serializers.JSON` for the others. ``maxsize`` > 0 makes puts
+    wait (or raise :class:`Full`) while ``qsize()`` >= maxsize. ``lease`` is how long a delivery
+    may stay unsettled before it counts as failed. After ``max_attempts`` failed deliveries
+    (None: never) a message moves to the ``dead_letter`` queue (default ``name + ".dead"``).
+    ``dedup_window`` is how long a ``dedup_key`` is remembered. ``clock`` returns wall-clock
+    seconds (tests pass a fake one).
+
+    Every method may be called from any thread; the ``a``-prefixed ones from coroutines of any
+    event loop. ``put``/``get``/``join`` block only their caller, and ``close`` wakes them all.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_channel",
+        "_clock",
+        "_closed",
+        "_consumers",
+        "_dead_letter_channel",
+        "_default",
+        "_maxsize",
+        "_name",
+        "_owns_storage",
+        "_serializer",
+        "_spec",
+        "_storage",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        storage: Storage | str | None = None,
+        *,
+        serializer: Serializer[Any] | None = None,
+        maxsize: int = 0,
+        lease: float = 30.0,
+        max_attempts: int | None = 10,
+        dead_letter: str | None = None,
+        dedup_window: float = 300.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._name = _validate.queue_name(name)
+        self._maxsize = _validate.count("maxsize", maxsize, minimum=0)
+        lease = _validate.seconds("lease", lease, positive=True)
+        if max_attempts is not None:
+            _validate.count("max_attempts", max_attempts)
+        dead_letter = name + ".dead" if dead_letter is None else _validate.queue_name(dead_letter, "dead_letter")
+        if dead_letter == name:
+            raise ValueError(f"dead_letter must differ from the queue name {name!r}")
+        dedup_window = _validate.seconds("dedup_window", dedup_window)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds, not {type(clock).__name__}")
+        if serializer is not None and not (
+            callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))
+        ):
+            raise TypeError(f"serializer must have dumps() and loads(), got {type(serializer).__name__}")
+        if storage is None:
+            storage, self._owns_storage = MemoryStorage(), True
+        elif isinstance(storage, str):
+            storage, self._owns_storage = open_storage(storage), True
+        elif isinstance(storage, Storage):
+            self._owns_storage = False
+        else:
+            raise TypeError(f"storage must be None, a URL string or a Storage, not {type(storage).__name__}")
+        if serializer is None and storage.requires_bytes:
+            serializer = JSON
+        self._storage = storage
+        self._serializer = serializer
+        self._clock: Callable[[], float] = clock or time.time
+        self._spec = QueueSpec(self._name, max_attempts, dead_letter, dedup_window)
+        self._closed = False
+        try:
+            storage.open_queue(self._spec)
+        except BaseException:
+            if self._owns_storage:
+                storage.close()
+            raise
+        self._channel: Channel = channel_for(storage, self._name)
+        self._dead_letter_channel: Channel | None = None
+        self._consumers: weakref.WeakSet[Consumer[T]] = weakref.WeakSet()
+        self._default: Consumer[T] = Consumer(self, lease, 1, False)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<mqlite.Queue {self._name!r} on {type(self._storage).__name__}{state}>"
+
+    # -- settings -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The queue's name in its storage."""
+        return self._name
+
+    @property
+    def storage(self) -> Storage:
+        """The storage holding the messages."""
+        return self._storage
+
+    @property
+    def maxsize(self) -> int:
+        """The bound on ``qsize()`` for puts (0: unbounded)."""
+        return self._maxsize
+
+    @property
+    def lease(self) -> float:
+        """The default lease, in seconds, of a delivery."""
+        return self._default.lease
+
+    @property
+    def max_attempts(self) -> int | None:
+        """Failed deliveries after which a message is dead-lettered (None: never)."""
+        return self._spec.max_attempts
+
+    @property
+    def dead_letter(self) -> str:
+        """The name of the dead-letter queue."""
+        return self._spec.dead_letter_queue
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- internals shared with the handles ----------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosed(f"queue {self._name!r} is closed")
+
+    def _dead_channel(self) -> Channel:
+        channel = self._dead_letter_channel
+        if channel is None:
+            channel = self._dead_letter_channel = channel_for(self._storage, self._spec.dead_letter_queue)
+        return channel
+
+    def _keeper(self) -> LeaseKeeper:
+        return keeper()
+
+    def _decode(self, record: Leased) -> T:
+        serializer = self._serializer
+        if serializer is None:
+            return cast(T, record.body)
+        try:
+            return cast(T, serializer.loads(cast(bytes, record.body)))
+        except Exception as error:
+            raise SerializationError(
+                f"message {record.id} in queue {self._name!r} cannot be decoded by {serializer!r}: {error}"
+            ) from error
+
+    async def _call(self, function: Callable[..., R], *args: Any) -> R:
+        """Run a storage call for a coroutine: inline if the storage never blocks, else on the
+        I/O threads. Once started it runs to its end even if the caller is cancelled."""
+        if not self._storage.blocking_io:
+            return function(*args)
+        return await asyncio.shield(asyncio.wrap_future(_io_executor().submit(function, *args)))
+
+    async def _call_cancel_safe(
+        self, function: Callable[..., list[R]], args: tuple[Any, ...], undo: Callable[[list[R]], None]
+    ) -> list[R]:
+        """Like :meth:`_call` for a call that takes something (a lease): if the caller is
+        cancelled, whatever the call took is given back with ``undo`` as soon as it returns."""
+        if not self._storage.blocking_io:
+            return function(*args)
+        future = _io_executor().submit(function, *args)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            if not future.cancel():
+                future.add_done_callback(lambda done: _undo_quietly(done, undo))
+            raise
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def _encode(self, body: object, position: int | None = None) -> object:
+        serializer = self._serializer
+        if serializer is None:
+            return body
+        try:
+            data = serializer.dumps(body)
+        except Exception as error:
+            where = "" if position is None else f" #{position}"
+            raise SerializationError(
+                f"body{where} ({type(body).__name__}) cannot be encoded by {serializer!r}: {error}"
+            ) from error
+        if not isinstance(data, bytes):
+            raise SerializationError(f"{serializer!r}.dumps returned {type(data).__name__}, not bytes")
+        return data
+
+    def _envelope(
+        self,
+        body: object,
+        delay: float,
+        priority: int,
+        group: str | None,
+        dedup_key: str | None,
+        headers: Mapping[str, str] | None,
+        position: int | None = None,
+    ) -> Envelope:
+        if (
+            (delay.__class__ is float or delay.__class__ is int)
+            and delay == 0
+            and priority.__class__ is int
+            and priority == 0
+            and group is None
+            and dedup_key is None
+            and headers is None
+        ):
+            return Envelope(self._encode(body, position))
+        return Envelope(
+            self._encode(body, position),
+            _validate.priority(priority),
+            _validate.key("group", group),
+            _validate.key("dedup_key", dedup_key),
+            _validate.headers(headers),
+            _validate.seconds("delay", delay),
+        )
+
+    def _envelopes(
+        self,
+        bodies: Iterable[T],
+        delay: float,
+        priority: int,
+        group: str | None,
+        dedup_key: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> list[Envelope]:
+        if isinstance(bodies, (str, bytes, bytearray, memoryview, Mapping)):
+            raise TypeError(f"put_many takes an iterable of bodies, not one {type(bodies).__name__}")
+        if dedup_key is not None:
+            raise ValueError("put_many cannot share one dedup_key among many messages; put them one by one")
+        first = self._envelope(None, delay, priority, group, None, headers)
+        envelopes = [first._replace(body=self._encode(body, i)) for i, body in enumerate(bodies)]
+        if self._maxsize and len(envelopes) > self._maxsize:
+            raise ValueError(
+                f"put_many of {len(envelopes)} messages can never fit in queue {self._name!r} (maxsize {self._maxsize})"
+            )
+        return envelopes
+
+    def _announce(self, envelopes: Sequence[Envelope], now: float) -> None:
+        """Wake getters for messages just put: one per ready message, and one more to take
+        over the timer if a delayed message becomes eligible before every sleeper's wake-up."""
+        if len(envelopes) == 1:
+            delay = envelopes[0].delay
+            if delay > 0.0:
+                self._channel.changed(0, now + delay)
+            else:
+                self._channel.changed(1)
+            return
+        ready = 0
+        first = NEVER
+        for envelope in envelopes:
+            if envelope.delay > 0.0:
+                first = min(first, now + envelope.delay)
+            else:
+                ready += 1
+        self._channel.changed(ready, first)
+
+    def _put_sync(self, envelopes: list[Envelope], block: bool, timeout: float | None) -> list[int]:
+        channel = self._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            now = self._clock()
+            ids = self._storage.put(self._name, envelopes, now, self._maxsize)
+            if ids is not None:
+                self._announce(envelopes, now)
+                return ids
+            remaining = self._room_wait_time(block, deadline)
+            waiter = ThreadWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed:
+                    continue
+                channel.enlist(channel.putters, waiter)
+            try:
+                waiter.wait(remaining)
+            except BaseException:
+                channel.withdraw(channel.putters, waiter, pass_on=True)
+                raise
+            channel.withdraw(channel.putters, waiter, pass_on=False)
+
+    async def _put_async(self, envelopes: list[Envelope], timeout: float | None) -> list[int]:
+        channel = self._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            now = self._clock()
+            ids = await self._call(self._storage.put, self._name, envelopes, now, self._maxsize)
+            if ids is not None:
+                self._announce(envelopes, now)
+                return ids
+            remaining = self._room_wait_time(True, deadline)
+            waiter = AsyncWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed:
+                    continue
+                channel.enlist(channel.putters, waiter)
+            await _sleep_on(waiter, remaining, channel, channel.putters)
+            channel.withdraw(channel.putters, waiter, pass_on=False)
+
+    def _room_wait_time(self, block: bool, deadline: float | None) -> float | None:
+        if not block:
+            raise Full(f"queue {self._name!r} is full (maxsize {self._maxsize})")
+        if deadline is None:
+            return None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.0:
+            raise Full(f"queue {self._name!r} stayed full (maxsize {self._maxsize})")
+        return remaining
+
+    def put(
+        self,
+        body: T,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        group: str | None = None,
+        dedup_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> int:
+        """Put one message and return its id.
+
+        ``delay``: seconds before it may be delivered. ``priority``: higher is delivered first.
+        ``group``: messages of one group are delivered one at a time, in order. ``dedup_key``:
+        a put with a key seen in the last ``dedup_window`` seconds enqueues nothing and returns
+        the first id. ``headers``: str to str metadata.
+
+        With maxsize, if ``block`` is true and ``timeout`` is None, wait for room; with a
+        timeout wait at most that long; then (or at once if ``block`` is false) raise
+        :class:`Full`. Raises :class:`SerializationError` (nothing enqueued) for a body the
+        serializer cannot encode, :class:`QueueClosed` once closed.
+        """
+        envelope = self._envelope(body, delay, priority, group, dedup_key, headers)
+        return self._put_sync([envelope], block, _validate.timeout(timeout))[0]
+
+    def put_nowait(
+        self,
+        body: T,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        group: str | None = None,
+        dedup_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Put one message without waiting for room; raise :class:`Full` if there is none."""
+        envelope = self._envelope(body, delay, priority, group, dedup_key, headers)
+        return self._put_sync([envelope], False, None)[0]
+
+    def put_many(
+        self,
+        bodies: Iterable[T],
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        group: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> list[int]:
+        """Put many messages with the same options, all or nothing, under consecutive ids.
+
+        Every body is encoded before anything is stored, so a body the serializer rejects
+        enqueues none. With maxsize, waits for room for all of them (or raises Full).
+        """
+        envelopes = self._envelopes(bodies, delay, priority, group, None, headers)
+        if not envelopes:
+            self._check_open()
+            return []
+        return self._put_sync(envelopes, block, _validate.timeout(timeout))
+
+    async def aput(
+        self,
+        body: T,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        group: str | None = None,
+        dedup_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Async :meth:`put`: await room (at most ``timeout`` seconds) and put one message."""
+        envelope = self._envelope(body, delay, priority, group, dedup_key, headers)
+        return (await self._put_async([envelope], _validate.timeout(timeout)))[0]
+
+    async def aput_many(
+        self,
+        bodies: Iterable[T],
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        group: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[int]:
+        """Async :meth:`put_many`."""
+        envelopes = self._envelopes(bodies, delay, priority, group, None, headers)
+        if not envelopes:
+            self._check_open()
+            return []
+        return await self._put_async(envelopes, _validate.timeout(timeout))
+
+    def producer(self, **defaults: Any) -> Producer[T]:
+        """A handle whose puts use ``defaults`` (delay, priority, group, headers, block,
+        timeout) unless a call overrides them."""
+        return Producer(self, defaults)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def consumer(self, lease: float | None = None, prefetch: int = 1, auto_extend: bool = False) -> Consumer[T]:
+        """A handle that receives messages and owns their leases; see :class:`Consumer`."""
+        self._check_open()
+        consumer = Consumer(self, lease, prefetch, auto_extend)
+        self._consumers.add(consumer)
+        return consumer
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Message[T]:
+        """Receive one message; see :meth:`Consumer.get`. The queue holds its lease."""
+        return self._default.get(block, timeout)
+
+    def get_nowait(self) -> Message[T]:
+        """Receive one message if one is eligible now, else raise :class:`Empty`."""
+        return self._default.get_nowait()
+
+    def get_many(self, max_messages: int, timeout: float | None = None) -> list[Message[T]]:
+        """Receive up to ``max_messages``; see :meth:`Consumer.get_many`."""
+        return self._default.get_many(max_messages, timeout)
+
+    async def aget(self, timeout: float | None = None) -> Message[T]:
+        """Async :meth:`get`; cancelling it never loses or leases a message."""
+        return await self._default.aget(timeout)
+
+    async def aget_many(self, max_messages: int, timeout: float | None = None) -> list[Message[T]]:
+        """Async :meth:`get_many`."""
+        return await self._default.aget_many(max_messages, timeout)
+
+    def __iter__(self) -> Iterator[Message[T]]:
+        """Receive messages until the queue is closed."""
+        return iter(self._default)
+
+    def __aiter__(self) -> AsyncIterator[Message[T]]:
+        """Receive messages asynchronously until the queue is closed."""
+        return aiter(self._default)
+
+    # -- administration -----------------------------------------------------------------------
+
+    def qsize(self) -> int:
+        """How many messages wait to be delivered: ready plus delayed (not in flight)."""
+        self._check_open()
+        ready, delayed, _ = self._storage.counts(self._name, self._clock())
+        return ready + delayed
+
+    def __len__(self) -> int:
+        return self.qsize()
+
+    def empty(self) -> bool:
+        """Whether ``qsize()`` is 0."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """Whether maxsize is set and ``qsize()`` has reached it."""
+        return self._maxsize > 0 and self.qsize() >= self._maxsize
+
+    def stats(self) -> QueueStats:
+        """Counts of ready, delayed, in-flight and dead messages, and the oldest ready age."""
+        self._check_open()
+        return self._storage.stats(self._name, self._clock())
+
+    def peek(self, n: int = 1) -> list[Message[T]]:
+        """Up to ``n`` unsettled messages in the order they would be delivered if all were
+        eligible now, leasing nothing; their settle verbs raise :class:`LeaseLost`."""
+        n = _validate.count("n", n, minimum=0)
+        self._check_open()
+        records = self._storage.peek(self._name, n, self._clock())
+        return [Message(record, self._decode(record), None) for record in records]
+
+    def purge(self) -> int:
+        """Delete every ready and delayed message (not those in flight); return how many."""
+        self._check_open()
+        removed = self._storage.purge(self._name, self._clock())
+        self._channel.changed(0, room=removed, settled=True)
+        return removed
+
+    def redrive(self, max_messages: int | None = None) -> int:
+        """Move up to ``max_messages`` (None: all) of this queue's dead letters back to it,
+        under their ids and with attempts reset; return how many moved."""
+        if max_messages is not None:
+            _validate.count("max_messages", max_messages, minimum=0)
+        self._check_open()
+        moved = self._storage.redrive(self._name, self._clock(), max_messages)
+        if moved:
+            self._channel.changed(moved)
+            self._dead_channel().changed(0, settled=True)
+        return moved
+
+    def _unsettled(self) -> bool:
+        ready, delayed, in_flight = self._storage.counts(self._name, self._clock())
+        return bool(ready or delayed or in_flight)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is ready, delayed or in flight. Return False if ``timeout``
+        seconds passed first. Raises :class:`QueueClosed` if the queue is closed meanwhile."""
+        timeout = _validate.timeout(timeout)
+        channel = self._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            if not self._unsettled():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0.0:
+                return False
+            wake_at = self._storage.next_wakeup(self._name, self._clock())
+            waiter = ThreadWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed:
+                    continue
+                channel.enlist(channel.joiners, waiter)
+            if wake_at is not None:
+                until = max(wake_at - self._clock(), 0.0)
+                remaining = until if remaining is None else min(remaining, until)
+            try:
+                waiter.wait(remaining)
+            finally:
+                channel.withdraw(channel.joiners, waiter, pass_on=False)
+
+    async def ajoin(self, timeout: float | None = None) -> bool:
+        """Async :meth:`join`."""
+        timeout = _validate.timeout(timeout)
+        channel = self._channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            epoch = channel.epoch
+            if not await self._call(self._unsettled):
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0.0:
+                return False
+            wake_at = await self._call(self._storage.next_wakeup, self._name, self._clock())
+            waiter = AsyncWaiter(self)
+            with channel.mutex:
+                if channel.epoch != epoch or self._closed:
+                    continue
+                channel.enlist(channel.joiners, waiter)
+            if wake_at is not None:
+                until = max(wake_at - self._clock(), 0.0)
+                remaining = until if remaining is None else min(remaining, until)
+            try:
+                await _sleep_on(waiter, remaining, channel, channel.joiners)
+            finally:
+                channel.withdraw(channel.joiners, waiter, pass_on=False)
+
+    def close(self) -> None:
+        """Close the queue: release the leases its consumers hold (no attempt counted), wake
+        every blocked call with :class:`QueueClosed`, and close the storage if the queue made
+        it. Messages stay stored. Idempotent."""
+        if self._closed:
+            return
+        consumers = [self._default, *self._consumers]
+        try:
+            for consumer in consumers:
+                consumer._release_held()
+        finally:
+            self._closed = True
+            for consumer in consumers:
+                self._channel.close_owner(consumer)
+            self._channel.close_owner(self)
+            if self._owns_storage:
+                self._storage.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`, off the event loop when the storage may block."""
+        await self._call(self.close)
+
+    def __enter__(self) -> Queue[T]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Queue[T]:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _undo_quietly(done: concurrent.futures.Future[list[R]], undo: Callable[[list[R]], None]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    taken = done.result()
+    if taken:
+        try:
+            undo(taken)
+        except Exception:
+            log.exception("mqlite: could not give back %d message(s) after a cancelled get", len(taken))

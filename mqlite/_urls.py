@@ -1,0 +1,45 @@
+"""``open_storage``: turn a storage URL into a storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .storage.base import Storage
+from .storage.memory import MemoryStorage
+
+__all__ = ["open_storage", "register_scheme"]
+
+_factories: dict[str, Callable[[str], Storage]] = {}
+
+
+def register_scheme(scheme: str, factory: Callable[[str], Storage]) -> None:
+    """Make ``open_storage`` hand URLs of ``scheme`` (the part before ``://``) to ``factory``,
+    which receives the rest of the URL."""
+    _factories[scheme] = factory
+
+
+def _memory(rest: str) -> Storage:
+    if rest:
+        raise ValueError(f"memory:// takes nothing after the scheme, got 'memory://{rest}'")
+    return MemoryStorage()
+
+
+register_scheme("memory", _memory)
+
+
+def open_storage(url: str) -> Storage:
+    """Open the storage a URL names: ``memory://`` (a new private in-memory storage).
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` and ``file:///dir`` arrive with their
+    storages. An unknown scheme or a malformed URL raises ``ValueError`` naming it.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"storage URL must be a str, not {type(url).__name__}")
+    scheme, separator, rest = url.partition("://")
+    if not separator or not scheme:
+        raise ValueError(f"storage URL {url!r} must look like 'scheme://...', e.g. 'memory://'")
+    factory = _factories.get(scheme.lower())
+    if factory is None:
+        known = ", ".join(f"{name}://" for name in sorted(_factories))
+        raise ValueError(f"storage URL {url!r} has an unknown scheme {scheme!r}; known: {known}")
+    return factory(rest)

@@ -1,0 +1,231 @@
+"""Waiting rooms: how blocked threads and coroutines sleep and are woken, without polling.
+
+Every blocked call (a get finding nothing eligible, a put finding the queue full, a join) puts
+a *waiter* in its queue's :class:`Channel` and sleeps on it. A thread sleeps on a lock of its
+own; a coroutine awaits a future of its own loop, resolved thread-safely. Nothing here binds
+to an event loop, so one queue serves many threads and many loops at once.
+
+The race "storage was empty, a producer put and woke nobody, the consumer went to sleep" is
+closed with an *eventcount*: a caller reads ``epoch`` before it asks the storage, and only
+sleeps if ``epoch`` is unchanged once it holds the mutex; every change bumps ``epoch`` after
+its storage call returned. The mutex is only ever held for a few list operations: never
+across storage calls, serialization, logging or user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .storage.base import Storage
+
+NEVER = float("inf")
+
+
+class Waiter(Protocol):
+    """One sleeping caller. ``notified`` and membership change only under the channel mutex."""
+
+    owner: object
+    notified: bool
+    wake_at: float
+
+    def wake(self) -> bool:
+        """Make the sleeper run; False if it never can (its event loop is closed)."""
+        ...
+
+
+class ThreadWaiter:
+    """A thread sleeping on a lock that only ``wake`` releases."""
+
+    __slots__ = ("_gate", "notified", "owner", "wake_at")
+
+    def __init__(self, owner: object) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self.owner = owner
+        self.notified = False
+        self.wake_at = NEVER
+
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep until woken or ``timeout`` seconds passed; True if woken."""
+        if timeout is None:
+            return self._gate.acquire()
+        return self._gate.acquire(True, max(timeout, 0.0))
+
+    def wake(self) -> bool:
+        """Release the sleeping thread."""
+        self._gate.release()
+        return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncWaiter:
+    """A coroutine awaiting a future of its running loop; woken from any thread."""
+
+    __slots__ = ("future", "loop", "notified", "owner", "wake_at")
+
+    def __init__(self, owner: object) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.owner = owner
+        self.notified = False
+        self.wake_at = NEVER
+
+    def wake(self) -> bool:
+        """Resolve the future on its loop: directly on that loop's thread, else thread-safely."""
+        loop = self.loop
+        if asyncio._get_running_loop() is loop:
+            _resolve(self.future)
+            return True
+        try:
+            loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop is closed: this waiter will never run
+            return False
+        return True
+
+
+class Channel:
+    """The waiting room of one queue name in one storage, shared by every Queue object on it.
+
+    ``getters`` wait for an eligible message, ``putters`` for room under maxsize, ``joiners``
+    for the queue to be settled. A getter also sleeps no later than its ``wake_at``: the next
+    time at which time alone changes the queue (a delay or a lease ending).
+    """
+
+    __slots__ = ("__weakref__", "epoch", "getters", "joiners", "mutex", "putters", "timer_at")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.epoch = 0
+        self.getters: deque[Waiter] = deque()
+        self.putters: deque[Waiter] = deque()
+        self.joiners: deque[Waiter] = deque()
+        self.timer_at = NEVER
+
+    def enlist(self, waiters: deque[Waiter], waiter: Waiter) -> None:
+        """Add ``waiter``; the caller holds the mutex and checked ``epoch``."""
+        waiters.append(waiter)
+        if waiters is self.getters and waiter.wake_at < self.timer_at:
+            self.timer_at = waiter.wake_at
+
+    def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> None:
+        """Take back a waiter that stops waiting. If it had been notified and ``pass_on`` (it
+        leaves without acting on the wake-up: cancelled, failed), wake another in its place."""
+        with self.mutex:
+            notified = waiter.notified
+            if not notified:
+                waiters.remove(waiter)
+                if waiters is self.getters and waiter.wake_at <= self.timer_at:
+                    self._retime()
+        if notified and pass_on:
+            self.notify(waiters, 1)
+
+    def _retime(self) -> None:
+        self.timer_at = min((w.wake_at for w in self.getters), default=NEVER)
+
+    def _pop(self, waiters: deque[Waiter], k: int, chosen: list[Waiter]) -> None:
+        while waiters and k > 0:
+            waiter = waiters.popleft()
+            waiter.notified = True
+            chosen.append(waiter)
+            k -= 1
+        if waiters is self.getters and chosen:
+            self._retime()
+
+    def notify(self, waiters: deque[Waiter], k: int) -> None:
+        """Bump the epoch and wake up to ``k`` of ``waiters``."""
+        chosen: list[Waiter] = []
+        with self.mutex:
+            self.epoch += 1
+            if waiters:
+                self._pop(waiters, k, chosen)
+        self._wake(waiters, chosen)
+
+    def changed(self, ready: int, wake_at: float = NEVER, room: int = 0, settled: bool = False) -> None:
+        """Report a change: ``ready`` messages became eligible, the queue's next timed change
+        may now be at ``wake_at``, ``room`` places were freed under maxsize, and (``settled``)
+        messages were settled, which joiners check for.
+
+        Wakes one getter per ready message, plus one to take over the timer if ``wake_at`` is
+        earlier than every sleeping getter's, up to ``room`` putters, and every joiner.
+        """
+        getters: list[Waiter] = []
+        putters: list[Waiter] = []
+        joiners: list[Waiter] = []
+        with self.mutex:
+            self.epoch += 1
+            if self.getters:
+                if wake_at < self.timer_at:
+                    ready += 1
+                if ready:
+                    self._pop(self.getters, ready, getters)
+            if room and self.putters:
+                self._pop(self.putters, room, putters)
+            if settled and self.joiners:
+                self._pop(self.joiners, len(self.joiners), joiners)
+        if getters:
+            self._wake(self.getters, getters)
+        if putters:
+            self._wake(self.putters, putters)
+        for waiter in joiners:
+            waiter.wake()
+
+    def _wake(self, waiters: deque[Waiter], chosen: list[Waiter]) -> None:
+        failed = sum(1 for waiter in chosen if not waiter.wake())
+        if failed:
+            self.notify(waiters, failed)
+
+    def wake_all(self) -> None:
+        """Wake every waiter (something changed that all of them must see)."""
+        with self.mutex:
+            self.epoch += 1
+            chosen = [*self.getters, *self.putters, *self.joiners]
+            for waiter in chosen:
+                waiter.notified = True
+            self.getters.clear()
+            self.putters.clear()
+            self.joiners.clear()
+            self.timer_at = NEVER
+        for waiter in chosen:
+            waiter.wake()
+
+    def close_owner(self, owner: object) -> None:
+        """Wake every waiter belonging to ``owner`` (a closing queue); they raise QueueClosed."""
+        chosen: list[Waiter] = []
+        with self.mutex:
+            self.epoch += 1
+            for waiters in (self.getters, self.putters, self.joiners):
+                keep = [w for w in waiters if w.owner is not owner]
+                for waiter in waiters:
+                    if waiter.owner is owner:
+                        waiter.notified = True
+                        chosen.append(waiter)
+                waiters.clear()
+                waiters.extend(keep)
+            self._retime()
+        for waiter in chosen:
+            waiter.wake()
+
+
+_channels: weakref.WeakKeyDictionary[Storage, dict[str, Channel]] = weakref.WeakKeyDictionary()
+_channels_lock = threading.Lock()
+
+
+def channel_for(storage: Storage, name: str) -> Channel:
+    """The channel of queue ``name`` in ``storage``; every Queue object on it shares it."""
+    with _channels_lock:
+        by_name = _channels.get(storage)
+        if by_name is None:
+            by_name = _channels[storage] = {}
+        channel = by_name.get(name)
+        if channel is None:
+            channel = by_name[name] = Channel()
+        return channel

@@ -1,0 +1,38 @@
+"""Storages and the interface they implement.
+
+:class:`Storage` is the interface (see ``docs/storages.md`` for writing one);
+:class:`MemoryStorage` is the in-process storage. Every storage is checked by the conformance
+suite in :mod:`mqlite.testing`.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    DEATH_ATTEMPTS as DEATH_ATTEMPTS,
+    DEATH_DETAIL as DEATH_DETAIL,
+    DEATH_QUEUE as DEATH_QUEUE,
+    DEATH_REASON as DEATH_REASON,
+    Envelope as Envelope,
+    Handle as Handle,
+    Leased as Leased,
+    Outcome as Outcome,
+    QueueSpec as QueueSpec,
+    QueueStats as QueueStats,
+    Storage as Storage,
+)
+from .memory import MemoryStorage as MemoryStorage
+
+__all__ = [
+    "DEATH_ATTEMPTS",
+    "DEATH_DETAIL",
+    "DEATH_QUEUE",
+    "DEATH_REASON",
+    "Envelope",
+    "Handle",
+    "Leased",
+    "MemoryStorage",
+    "Outcome",
+    "QueueSpec",
+    "QueueStats",
+    "Storage",
+]
