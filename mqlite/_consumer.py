@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -10,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 from . import _validate
-from ._errors import Empty, LeaseLost, QueueClosed
+from ._errors import Empty, LeaseLost, QueueClosed, SerializationError
 from ._message import Message, Verb
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter
 from .storage.base import Handle, Leased, Outcome
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Consumer"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("mqlite")
 
 _YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
 
@@ -101,25 +104,53 @@ class Consumer(Generic[T]):
         return self._adopt(records, n)
 
     def _adopt(self, records: list[Leased], n: int) -> list[Message[T]]:
-        """Turn leased records into held messages; keep those beyond ``n`` in the buffer."""
+        """Turn leased records into held messages; keep those beyond ``n`` in the buffer.
+
+        A body the serializer cannot decode would fail every delivery, so it is rejected to
+        the dead-letter queue at once (with the error as detail) instead of being handed out.
+        """
         queue = self._queue
         queue._channel.changed(0, records[0].lease_expires_at or NEVER, len(records))
         if queue._closed or self._closed:
             self._release_records(records)
             self._check_open()
-        decode = queue._decode
         held = self._held
+        if queue._serializer is None and len(records) == 1:
+            record = records[0]
+            message: Message[T] = Message(record, record.body, self)  # type: ignore[arg-type]
+            held[record.id] = message
+            if self._auto_extend:
+                queue._keeper().watch(self)
+            return [message]
+        decode = queue._decode
         messages = []
+        poisoned: list[tuple[Leased, SerializationError]] = []
         for record in records:
-            message = Message(record, decode(record), self)
+            try:
+                body = decode(record)
+            except SerializationError as error:
+                poisoned.append((record, error))
+                continue
+            message = Message(record, body, self)
             held[record.id] = message
             messages.append(message)
+        if poisoned:
+            self._reject_undecodable(poisoned)
         if self._auto_extend:
             queue._keeper().watch(self)
         if len(messages) > n:
             self._buffer.extend(messages[n:])
             del messages[n:]
         return messages
+
+    def _reject_undecodable(self, poisoned: list[tuple[Leased, SerializationError]]) -> None:
+        queue = self._queue
+        now = queue._clock()
+        for record, error in poisoned:
+            log.warning("mqlite: %s; moved to dead-letter queue %r", error, queue.dead_letter)
+            queue._storage.reject(queue._name, [(record.id, record.token)], now, f"undecodable: {error}")
+        queue._dead_channel().changed(len(poisoned))
+        queue._channel.changed(len(poisoned), settled=True)
 
     def _release_records(self, records: Sequence[Leased]) -> None:
         queue = self._queue
@@ -223,7 +254,16 @@ class Consumer(Generic[T]):
         eligible now, else raise :class:`Empty`. Raises :class:`QueueClosed` if the queue or
         this consumer is closed, also while waiting.
         """
-        return self._wait_sync(1, block, _validate.timeout(timeout))[0]
+        if timeout is not None:
+            timeout = _validate.timeout(timeout)
+        queue = self._queue
+        if not (self._buffer or self._closed or queue._closed):  # the fast path: one attempt
+            records = queue._storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)
+            if records:
+                messages = self._adopt(records, 1)
+                if messages:
+                    return messages[0]
+        return self._wait_sync(1, block, timeout)[0]
 
     def get_nowait(self) -> Message[T]:
         """Receive one message if one is eligible now, else raise :class:`Empty`."""
@@ -324,33 +364,33 @@ class Consumer(Generic[T]):
     def _settled(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
         """After the storage answered: forget the message, report it, wake who may proceed."""
         self._held.pop(message.id, None)
-        if outcome == Outcome.LOST:
+        queue = self._queue
+        if outcome == Outcome.DONE:
+            grouped = message._record.group is not None
+            if verb == "ack":
+                queue._channel.changed(1 if grouped else 0, settled=True)
+            elif verb == "release":
+                queue._channel.changed(1, settled=True)
+            elif verb == "nack":
+                limit = queue.max_attempts
+                if limit is not None and message.attempts >= limit:
+                    queue._dead_channel().changed(1)
+                    queue._channel.changed(1 if grouped else 0, settled=True)
+                elif delay > 0.0:
+                    queue._channel.changed(1 if grouped else 0, queue._clock() + delay, settled=True)
+                else:
+                    queue._channel.changed(1, settled=True)
+            else:
+                queue._dead_channel().changed(1)
+                queue._channel.changed(1 if grouped else 0, settled=True)
+        elif outcome == Outcome.NOOP:
+            queue._channel.changed(0, settled=True)
+        else:
             message._unclaim(True)
             raise LeaseLost(
                 f"message {message.id}: the lease of this delivery ended and the message was "
                 "delivered again, dead-lettered or settled elsewhere"
             )
-        queue = self._queue
-        if outcome == Outcome.NOOP:
-            queue._channel.changed(0, settled=True)
-            return
-        grouped = message.group is not None
-        if verb == "ack":
-            queue._channel.changed(1 if grouped else 0, settled=True)
-        elif verb == "release":
-            queue._channel.changed(1, settled=True)
-        elif verb == "nack":
-            limit = queue.max_attempts
-            if limit is not None and message.attempts >= limit:
-                queue._dead_channel().changed(1)
-                queue._channel.changed(1 if grouped else 0, settled=True)
-            elif delay > 0.0:
-                queue._channel.changed(1 if grouped else 0, queue._clock() + delay, settled=True)
-            else:
-                queue._channel.changed(1, settled=True)
-        else:
-            queue._dead_channel().changed(1)
-            queue._channel.changed(1 if grouped else 0, settled=True)
 
     def _extend_call(self, message: Message[T], seconds: float) -> Callable[[], tuple[Outcome, float]]:
         queue = self._queue

@@ -117,8 +117,17 @@ class Message(Generic[T]):
 
     def ack(self) -> None:
         """Done: delete the message. Works after the lease ended, until it is delivered again."""
-        if self._claim("ack"):
-            self._consumer_or_lost()._settle(self, "ack", 0.0, None)
+        consumer = self._consumer
+        if consumer is not None:
+            with _claim_lock:
+                settled = self._settled
+                if settled is None:
+                    self._settled = "ack"
+            if settled is None:
+                consumer._settle(self, "ack", 0.0, None)
+                return
+        if self._claim("ack") and consumer is not None:  # peeked, repeated, or raced with a failed settle
+            consumer._settle(self, "ack", 0.0, None)
 
     def nack(self, delay: float = 0.0, *, error: str | None = None) -> None:
         """Failed attempt: ready again after ``delay`` seconds, or dead-lettered if this was

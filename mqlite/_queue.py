@@ -386,8 +386,25 @@ class Queue(Generic[T]):
         :class:`Full`. Raises :class:`SerializationError` (nothing enqueued) for a body the
         serializer cannot encode, :class:`QueueClosed` once closed.
         """
-        envelope = self._envelope(body, delay, priority, group, dedup_key, headers)
-        return self._put_sync([envelope], block, _validate.timeout(timeout))[0]
+        if (
+            delay.__class__ is float
+            and delay == 0.0
+            and priority.__class__ is int
+            and priority == 0
+            and group is None
+            and dedup_key is None
+            and headers is None
+            and timeout is None
+            and not self._closed
+        ):  # the fast path: default options, one attempt
+            envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
+            ids = self._storage.put(self._name, envelopes, self._clock(), self._maxsize)
+            if ids is not None:
+                self._channel.changed(1)
+                return ids[0]
+        else:
+            envelopes = [self._envelope(body, delay, priority, group, dedup_key, headers)]
+        return self._put_sync(envelopes, block, _validate.timeout(timeout))[0]
 
     def put_nowait(
         self,

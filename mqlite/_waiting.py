@@ -157,11 +157,13 @@ class Channel:
         Wakes one getter per ready message, plus one to take over the timer if ``wake_at`` is
         earlier than every sleeping getter's, up to ``room`` putters, and every joiner.
         """
-        getters: list[Waiter] = []
-        putters: list[Waiter] = []
-        joiners: list[Waiter] = []
         with self.mutex:
             self.epoch += 1
+            if not (self.getters or self.putters or self.joiners):
+                return  # the common case: nobody waits
+            getters: list[Waiter] = []
+            putters: list[Waiter] = []
+            joiners: list[Waiter] = []
             if self.getters:
                 if wake_at < self.timer_at:
                     ready += 1
