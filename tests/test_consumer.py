@@ -1,0 +1,332 @@
+"""Consumer handles: prefetch, close (release without counting an attempt), ``with`` /
+``async with``, iteration until close, and ``auto_extend``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from _doubles import TIMEOUT, BlockingMemoryStorage, LoopThread, async_test, start_thread, wait_until, waiting
+
+import mqlite
+
+
+@pytest.fixture
+def q():
+    queue = mqlite.Queue("work")
+    yield queue
+    queue.close()
+
+
+# -- prefetch -----------------------------------------------------------------------------------
+
+
+def test_prefetch_leases_several_and_hands_them_out_one_by_one():
+    storage = BlockingMemoryStorage()
+    with mqlite.Queue("work", storage=storage) as q:
+        ids = q.put_many(["a", "b", "c", "d", "e"])
+        consumer = q.consumer(prefetch=3)
+        first = consumer.get(timeout=TIMEOUT)
+        assert (first.id, first.body) == (ids[0], "a")
+        assert storage.calls["lease"] == 1
+        assert consumer.held == 3
+        stats = q.stats()
+        assert (stats.ready, stats.in_flight) == (2, 3)
+        assert q.qsize() == 2
+
+        other = q.get_nowait()  # the prefetched ones are leased: another consumer gets "d"
+        assert other.body == "d"
+
+        second = consumer.get_nowait()
+        third = consumer.get(timeout=TIMEOUT)
+        assert [second.body, third.body] == ["b", "c"]
+        assert storage.calls["lease"] == 2  # handed out from the buffer, no storage call
+        fourth = consumer.get(timeout=TIMEOUT)
+        assert fourth.body == "e"
+        assert all(m.attempts == 1 for m in (first, second, third, fourth, other))
+        for message in (first, second, third, fourth, other):
+            message.ack()
+        assert consumer.held == 0
+        assert q.join(timeout=0)
+
+
+def test_get_many_with_prefetch_returns_what_is_there():
+    with mqlite.Queue("work") as q:
+        q.put_many(range(4))
+        consumer = q.consumer(prefetch=3)
+        batch = consumer.get_many(2, timeout=TIMEOUT)
+        assert [m.body for m in batch] == [0, 1]
+        assert consumer.held == 3
+        assert [m.body for m in consumer.get_many(5, timeout=TIMEOUT)] == [2]
+        assert [m.body for m in consumer.get_many(5, timeout=TIMEOUT)] == [3]
+        assert consumer.get_many(5, timeout=0.01) == []
+
+
+@async_test
+async def test_async_prefetch_hands_out_one_by_one():
+    with mqlite.Queue("work") as q:
+        await q.aput_many(["a", "b", "c"])
+        consumer = q.consumer(prefetch=2)
+        first = await consumer.aget(timeout=TIMEOUT)
+        assert consumer.held == 2
+        second = await consumer.aget(timeout=TIMEOUT)
+        third = await consumer.aget(timeout=TIMEOUT)
+        assert [first.body, second.body, third.body] == ["a", "b", "c"]
+        for message in (first, second, third):
+            await message.aack()
+        assert await q.ajoin(timeout=0)
+
+
+# -- close releases without counting an attempt ---------------------------------------------------
+
+
+def test_consumer_close_releases_held_and_prefetched_without_counting_an_attempt(q):
+    q.put_many(["a", "b", "c", "d"])
+    consumer = q.consumer(prefetch=3)
+    received = consumer.get(timeout=TIMEOUT)
+    assert q.stats().in_flight == 3
+    consumer.close()
+    stats = q.stats()
+    assert (stats.ready, stats.in_flight) == (4, 0)
+    again = [q.get_nowait() for _ in range(4)]
+    assert [m.body for m in again] == ["a", "b", "c", "d"]
+    assert [m.attempts for m in again] == [1, 1, 1, 1]
+    # The old delivery was released by close: repeating release is a no-op, ack is refused.
+    received.release()
+    with pytest.raises(mqlite.LeaseLost):
+        received.ack()
+    with pytest.raises(mqlite.QueueClosed):
+        consumer.get_nowait()
+    consumer.close()  # idempotent
+    for message in again:
+        message.ack()
+
+
+def test_consumer_close_does_not_touch_other_consumers_or_the_queue(q):
+    q.put_many(["a", "b"])
+    mine = q.consumer()
+    theirs = q.consumer()
+    kept = theirs.get_nowait()
+    mine.get_nowait()
+    mine.close()
+    assert not q.closed
+    assert theirs.held == 1
+    again = q.get_nowait()
+    assert (again.body, again.attempts) == ("b", 1)
+    kept.ack()
+    again.ack()
+
+
+def test_consumer_close_from_another_thread_wakes_its_blocked_get(q):
+    consumer = q.consumer()
+    bystander = q.consumer()
+    blocked = start_thread(consumer.get, True, TIMEOUT, name="blocked")
+    other = start_thread(bystander.get, True, TIMEOUT, name="bystander")
+    wait_until(lambda: waiting(q) == 2, what="both getters to block")
+    consumer.close()
+    with pytest.raises(mqlite.QueueClosed):
+        blocked.finish()
+    assert other.is_alive()  # only the closed consumer's waiter was woken
+    q.put("for the bystander")
+    assert other.finish().body == "for the bystander"
+
+
+def test_queue_close_releases_what_its_consumers_hold():
+    storage = mqlite.MemoryStorage()
+    q = mqlite.Queue("work", storage=storage)
+    q.put_many(["a", "b", "c"])
+    consumer = q.consumer(prefetch=2)
+    consumer.get_nowait()
+    q.get_nowait()
+    assert q.stats().in_flight == 3
+    q.close()
+    with mqlite.Queue("work", storage=storage) as again:
+        assert again.stats().in_flight == 0
+        assert [(m.body, m.attempts) for m in again.get_many(3)] == [("a", 1), ("b", 1), ("c", 1)]
+
+
+# -- with / async with ------------------------------------------------------------------------------
+
+
+def test_with_consumer_releases_on_exit(q):
+    q.put_many(["a", "b"])
+    with q.consumer(prefetch=2) as consumer:
+        message = consumer.get(timeout=TIMEOUT)
+        assert message.body == "a"
+    assert q.stats().in_flight == 0
+    with pytest.raises(mqlite.QueueClosed):
+        consumer.get_nowait()
+    assert [(m.body, m.attempts) for m in q.get_many(2)] == [("a", 1), ("b", 1)]
+
+
+def test_with_consumer_releases_on_exception(q):
+    q.put("a")
+    with pytest.raises(RuntimeError, match="boom"), q.consumer() as consumer:
+        consumer.get_nowait()
+        raise RuntimeError("boom")
+    assert (q.get_nowait().attempts, q.stats().in_flight) == (1, 1)
+
+
+def test_acked_messages_stay_acked_when_the_consumer_closes(q):
+    q.put_many(["a", "b"])
+    with q.consumer() as consumer:
+        consumer.get_nowait().ack()
+        with consumer.get_nowait():
+            pass  # acked on a clean exit
+    assert q.join(timeout=0)
+
+
+@pytest.mark.parametrize("storage_kind", ["memory", "blocking"])
+@async_test
+async def test_async_with_consumer_releases_on_exit(storage_kind):
+    storage = mqlite.MemoryStorage() if storage_kind == "memory" else BlockingMemoryStorage()
+    async with mqlite.Queue("work", storage=storage) as q:
+        await q.aput_many(["a", "b"])
+        async with q.consumer(prefetch=2) as consumer:
+            message = await consumer.aget(timeout=TIMEOUT)
+            assert message.body == "a"
+            assert q.stats().in_flight == 2
+        assert q.stats().in_flight == 0
+        with pytest.raises(mqlite.QueueClosed):
+            await consumer.aget(timeout=0)
+        again = await q.aget_many(2)
+        assert [(m.body, m.attempts) for m in again] == [("a", 1), ("b", 1)]
+        for message in again:
+            await message.aack()
+
+
+# -- iteration ------------------------------------------------------------------------------------
+
+
+def test_for_msg_in_consumer_ends_when_the_queue_is_closed(q):
+    consumer = q.consumer()
+    got: list[object] = []
+    three = threading.Event()
+
+    def consume() -> None:
+        for message in consumer:
+            got.append(message.body)
+            message.ack()
+            if len(got) == 3:
+                three.set()
+
+    worker = start_thread(consume, name="iterating")
+    q.put_many([1, 2, 3])
+    assert three.wait(TIMEOUT)
+    wait_until(lambda: waiting(q) == 1, what="the iterator to block again")
+    q.close()
+    worker.finish()
+    assert got == [1, 2, 3]
+
+
+def test_for_msg_in_consumer_ends_when_the_consumer_is_closed(q):
+    consumer = q.consumer()
+    got: list[object] = []
+    worker = start_thread(lambda: got.extend(m.body for m in consumer), name="iterating")
+    q.put("one")
+    wait_until(lambda: got == ["one"] and waiting(q) == 1, what="the first message and a blocked get")
+    consumer.close()
+    worker.finish()
+    assert not q.closed
+    # The message it received and never settled went back, not counted.
+    assert (q.get_nowait().attempts, q.stats().in_flight) == (1, 1)
+
+
+def test_for_msg_in_queue_ends_at_close(q):
+    q.put_many(["a", "b"])
+    got = []
+    for message in q:
+        got.append(message.body)
+        message.ack()
+        if len(got) == 2:
+            q.close()
+    assert got == ["a", "b"]
+
+
+def test_async_for_ends_when_closed_from_another_thread(q):
+    consumer = q.consumer()
+    got: list[object] = []
+
+    async def consume() -> None:
+        async for message in consumer:
+            got.append(message.body)
+            await message.aack()
+
+    with LoopThread() as loop:
+        future = loop.submit(consume())
+        q.put_many(["x", "y"])
+        wait_until(lambda: len(got) == 2 and waiting(q) == 1, what="two messages and a blocked aget")
+        q.close()
+        future.result(TIMEOUT)
+    assert got == ["x", "y"]
+
+
+@async_test
+async def test_async_for_on_queue_ends_when_consumer_closes_in_loop():
+    async with mqlite.Queue("work") as q:
+        consumer = q.consumer()
+        await q.aput("only")
+        got = []
+
+        async def consume() -> None:
+            async for message in consumer:
+                got.append(message.body)
+                await message.aack()
+
+        task = asyncio.create_task(consume())
+        while not (got and waiting(q) == 1):
+            await asyncio.sleep(0.001)
+        consumer.close()
+        await asyncio.wait_for(task, TIMEOUT)
+        assert got == ["only"]
+
+
+# -- auto_extend ----------------------------------------------------------------------------------
+
+
+def test_auto_extend_keeps_a_message_leased_past_its_lease(q):
+    q.put("long job")
+    holder = q.consumer(lease=0.3, auto_extend=True)
+    rival = q.consumer(lease=0.3)
+    message = holder.get(timeout=TIMEOUT)
+    first_expiry = message.lease_expires_at
+    assert first_expiry is not None
+    # Hold it for about three leases. Meanwhile the rival must never receive it.
+    rival_got: list[mqlite.Message[object]] = []
+    hold = threading.Event()
+    for _ in range(10):
+        hold.wait(0.1)  # nothing sets it: this only lets time pass, the behaviour under test
+        try:
+            rival_got.append(rival.get_nowait())
+        except mqlite.Empty:
+            pass
+    assert rival_got == []
+    assert message.lease_expires_at is not None
+    assert message.lease_expires_at > first_expiry
+    message.ack()  # still the holder of the lease: no LeaseLost
+    assert q.join(timeout=0)
+    holder.close()
+    rival.close()
+
+
+def test_without_auto_extend_the_lease_ends_and_the_message_comes_back(q):
+    q.put("short job")
+    holder = q.consumer(lease=0.2)
+    message = holder.get(timeout=TIMEOUT)
+    again = q.get(timeout=TIMEOUT)  # blocks until the lease ends, then gets it again
+    assert (again.id, again.attempts) == (message.id, 2)
+    with pytest.raises(mqlite.LeaseLost):
+        message.ack()
+    again.ack()
+
+
+def test_auto_extend_stops_after_settle_and_close(q):
+    q.put_many(["a", "b"])
+    holder = q.consumer(lease=0.3, auto_extend=True, prefetch=2)
+    first = holder.get(timeout=TIMEOUT)
+    first.ack()
+    holder.close()  # releases "b" at once, not counted, and stops renewing
+    again = q.get_nowait()
+    assert (again.body, again.attempts) == ("b", 1)
+    again.ack()
