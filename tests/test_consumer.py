@@ -4,10 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
-from _doubles import TIMEOUT, BlockingMemoryStorage, LoopThread, async_test, start_thread, wait_until, waiting
+from _doubles import (
+    TIMEOUT,
+    BlockingMemoryStorage,
+    LoopThread,
+    async_test,
+    async_wait_until,
+    start_thread,
+    wait_until,
+    waiting,
+)
 
 import mqlite
 
@@ -162,9 +172,14 @@ def test_with_consumer_releases_on_exit(q):
 
 def test_with_consumer_releases_on_exception(q):
     q.put("a")
-    with pytest.raises(RuntimeError, match="boom"), q.consumer() as consumer:
-        consumer.get_nowait()
-        raise RuntimeError("boom")
+
+    def fail_inside() -> None:
+        with q.consumer() as consumer:
+            consumer.get_nowait()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
     assert (q.get_nowait().attempts, q.stats().in_flight) == (1, 1)
 
 
@@ -275,8 +290,7 @@ async def test_async_for_on_queue_ends_when_consumer_closes_in_loop():
                 await message.aack()
 
         task = asyncio.create_task(consume())
-        while not (got and waiting(q) == 1):
-            await asyncio.sleep(0.001)
+        await async_wait_until(lambda: bool(got) and waiting(q) == 1, what="a message and a blocked aget")
         consumer.close()
         await asyncio.wait_for(task, TIMEOUT)
         assert got == ["only"]
@@ -297,10 +311,8 @@ def test_auto_extend_keeps_a_message_leased_past_its_lease(q):
     hold = threading.Event()
     for _ in range(10):
         hold.wait(0.1)  # nothing sets it: this only lets time pass, the behaviour under test
-        try:
+        with contextlib.suppress(mqlite.Empty):
             rival_got.append(rival.get_nowait())
-        except mqlite.Empty:
-            pass
     assert rival_got == []
     assert message.lease_expires_at is not None
     assert message.lease_expires_at > first_expiry

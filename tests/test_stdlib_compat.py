@@ -12,7 +12,7 @@ import queue as stdlib_queue
 import threading
 
 import pytest
-from _doubles import TIMEOUT, async_test, start_thread, wait_until, waiting
+from _doubles import TIMEOUT, async_test, async_wait_until, start_thread, wait_until, waiting
 
 import mqlite
 
@@ -215,8 +215,7 @@ async def test_async_put_waits_for_room_and_proceeds_after_get():
     with mqlite.Queue("bounded", maxsize=1) as q:
         await q.aput("a")
         putter = asyncio.create_task(q.aput("b"))
-        while waiting(q, "putters") == 0:
-            await asyncio.sleep(0)
+        await async_wait_until(lambda: waiting(q, "putters") == 1, what="aput to block")
         assert not putter.done()
         message = await q.aget()
         assert await asyncio.wait_for(putter, TIMEOUT) == message.id + 1
