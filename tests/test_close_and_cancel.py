@@ -1,0 +1,563 @@
+"""``close()`` and cancellation (DESIGN §2.9 and §2.10), and failures injected in the storage.
+
+Ported ideas: CPython ``test_asyncio/test_queues.py`` (``test_get_cancelled_race``,
+``test_get_cancel_drop_*``, ``test_cancelled_getters_not_being_held_in_self_getters``,
+``test_put_cancel_drop``, ``test_put_cancelled_race``, the shutdown mixin) and
+``test_queue.py`` (``FailingQueueTest``, ``test_shutdown_*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue as stdlib_queue
+import sys
+import threading
+
+import pytest
+from _doubles import (
+    TIMEOUT,
+    BlockingMemoryStorage,
+    FailingStorage,
+    LoopThread,
+    async_test,
+    async_wait_until,
+    start_thread,
+    wait_until,
+    waiting,
+)
+
+import mqlite
+
+# -- close wakes everyone, everywhere -------------------------------------------------------------
+
+
+def _full_and_empty(storage: mqlite.Storage) -> mqlite.Queue[str]:
+    """A queue where get, put and join all block: its only message is delayed, and it is full."""
+    q: mqlite.Queue[str] = mqlite.Queue("closing", storage=storage, maxsize=1)
+    q.put("later", delay=60)
+    return q
+
+
+def test_close_from_a_thread_wakes_threads_and_coroutines_of_two_loops():
+    storage = mqlite.MemoryStorage()
+    q = _full_and_empty(storage)
+    threads = [
+        start_thread(q.get, name="get"),
+        start_thread(q.put, "x", name="put"),
+        start_thread(q.join, name="join"),
+    ]
+    with LoopThread("loop-a") as a, LoopThread("loop-b") as b:
+        futures = [loop.submit(call) for loop in (a, b) for call in (q.aget(), q.aput("y"), q.ajoin())]
+        for kind in ("getters", "putters", "joiners"):
+            wait_until(lambda kind=kind: waiting(q, kind) == 3, what=f"three blocked {kind}")
+        closer = start_thread(q.close, name="closer")
+        closer.finish()
+        for thread in threads:
+            with pytest.raises(mqlite.QueueClosed):
+                thread.finish()
+        for future in futures:
+            with pytest.raises(mqlite.QueueClosed):
+                future.result(TIMEOUT)
+    assert all(waiting(q, kind) == 0 for kind in ("getters", "putters", "joiners"))
+    # Nothing was lost by closing, and the storage the user passed in stays open.
+    with mqlite.Queue("closing", storage=storage) as again:
+        assert [m.body for m in again.peek(5)] == ["later"]
+
+
+def test_every_call_after_close_raises_queue_closed():
+    q = _full_and_empty(mqlite.MemoryStorage())
+    q.close()
+    assert q.closed
+    calls = [
+        q.get_nowait,
+        lambda: q.get(timeout=1),
+        lambda: q.get_many(2),
+        lambda: q.put("x"),
+        lambda: q.put_nowait("x"),
+        lambda: q.put("x", priority=3, group="g"),
+        lambda: q.put_many(["x"]),
+        lambda: q.put_many([]),
+        q.qsize,
+        lambda: len(q),
+        q.empty,
+        q.stats,
+        q.peek,
+        q.purge,
+        q.redrive,
+        q.join,
+        q.consumer,
+    ]
+    for call in calls:
+        with pytest.raises(mqlite.QueueClosed):
+            call()
+    assert next(iter(q), None) is None  # iteration ends at once
+
+    async def async_calls() -> None:
+        for make in (q.aget, lambda: q.aput("x"), lambda: q.aput_many(["x"]), q.ajoin, lambda: q.aget_many(3)):
+            with pytest.raises(mqlite.QueueClosed):
+                await make()
+
+    asyncio.run(async_calls())
+    q.close()  # idempotent
+
+
+def test_calls_on_a_closed_consumer_raise_queue_closed():
+    with mqlite.Queue("closing") as q:
+        consumer = q.consumer()
+        consumer.close()
+        with pytest.raises(mqlite.QueueClosed):
+            consumer.get(timeout=1)
+        with pytest.raises(mqlite.QueueClosed):
+            consumer.get_nowait()
+        q.put("still works")
+        assert q.get_nowait().body == "still works"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="queue.ShutDown and asyncio.QueueShutDown are new in 3.13")
+def test_queue_closed_is_the_standard_library_shutdown():
+    assert issubclass(mqlite.QueueClosed, stdlib_queue.ShutDown)
+    assert issubclass(mqlite.QueueClosed, asyncio.QueueShutDown)
+    q = mqlite.Queue("closing")
+    q.close()
+    with pytest.raises(stdlib_queue.ShutDown):
+        q.get_nowait()
+    with pytest.raises(asyncio.QueueShutDown):
+        q.put("x")
+
+
+def test_queue_closed_is_an_mqlite_error():
+    assert issubclass(mqlite.QueueClosed, mqlite.Error)
+
+
+def test_leases_held_at_close_are_released_without_counting_an_attempt():
+    storage = mqlite.MemoryStorage()
+    q = mqlite.Queue("closing", storage=storage)
+    observer = mqlite.Queue("closing", storage=storage)
+    q.put_many(["a", "b", "c"])
+    held = [q.get_nowait(), q.consumer().get_nowait()]
+    assert [m.attempts for m in held] == [1, 1]
+    assert observer.stats().in_flight == 2
+    q.close()
+    stats = observer.stats()
+    assert (stats.ready, stats.in_flight) == (3, 0)
+    again = observer.get_many(3)
+    assert [(m.body, m.attempts) for m in again] == [("a", 1), ("b", 1), ("c", 1)]
+    with pytest.raises(mqlite.LeaseLost):
+        held[0].ack()  # released by close: this delivery no longer owns it
+    for message in again:
+        message.ack()
+    observer.close()
+    assert storage.counts("closing", 0.0) == (0, 0, 0)  # still open: the user owns it
+
+
+def test_close_wakes_only_its_own_waiters_on_a_shared_storage():
+    storage = mqlite.MemoryStorage()
+    closing = mqlite.Queue("shared", storage=storage)
+    staying = mqlite.Queue("shared", storage=storage)
+    doomed = start_thread(closing.get, name="doomed")
+    survivor = start_thread(staying.get, True, TIMEOUT, name="survivor")
+    wait_until(lambda: waiting(staying) == 2, what="two blocked getters")
+    closing.close()
+    with pytest.raises(mqlite.QueueClosed):
+        doomed.finish()
+    assert survivor.is_alive()
+    staying.put("for the survivor")
+    assert survivor.finish().body == "for the survivor"
+    staying.close()
+
+
+@pytest.mark.parametrize("storage", [None, "memory://"])
+def test_a_storage_made_by_the_queue_closes_with_it(storage):
+    q = mqlite.Queue("owned", storage=storage)
+    q.put("x")
+    inner = q.storage
+    q.close()
+    with pytest.raises(mqlite.StorageError):
+        inner.counts("owned", 0.0)
+
+
+def test_a_storage_passed_in_stays_open():
+    storage = BlockingMemoryStorage()
+    with mqlite.Queue("mine", storage=storage) as q:
+        q.put("x")
+    assert not storage.closed
+    assert storage.counts("mine", 0.0) == (1, 0, 0)
+
+
+@async_test
+async def test_aclose_wakes_coroutines_of_the_same_loop():
+    q = _full_and_empty(BlockingMemoryStorage())
+    tasks = [asyncio.create_task(call) for call in (q.aget(), q.aput("y"), q.ajoin())]
+    await async_wait_until(lambda: waiting(q, "getters") + waiting(q, "putters") + waiting(q, "joiners") == 3)
+    await q.aclose()
+    for task in tasks:
+        with pytest.raises(mqlite.QueueClosed):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+# -- cancellation of aget / aput (ports of CPython's test_queues.py) ------------------------------
+
+
+@pytest.fixture(params=["memory", "blocking"])
+def storage(request):
+    return mqlite.MemoryStorage() if request.param == "memory" else BlockingMemoryStorage()
+
+
+@async_test
+async def test_get_cancelled_race(storage):
+    q = mqlite.Queue("cancel", storage=storage)
+    t1 = asyncio.create_task(q.aget())
+    t2 = asyncio.create_task(q.aget())
+    await async_wait_until(lambda: waiting(q) == 2, what="two blocked agets")
+    t1.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t1
+    await q.aput("a")
+    message = await asyncio.wait_for(t2, TIMEOUT)
+    assert message.body == "a"
+    assert q.stats().in_flight == 1
+    q.close()
+
+
+@async_test
+async def test_get_cancel_drop_one_pending_reader(storage):
+    q = mqlite.Queue("cancel", storage=storage)
+    reader = asyncio.create_task(q.aget())
+    await async_wait_until(lambda: waiting(q) == 1, what="a blocked aget")
+    await q.aput(1)
+    await q.aput(2)
+    reader.cancel()
+    try:
+        message = await reader
+    except asyncio.CancelledError:
+        message = await asyncio.wait_for(q.aget(), TIMEOUT)  # try again
+    assert message.body == 1  # 2 would mean 1 was dropped (or left leased)
+    assert q.stats().in_flight == 1
+    q.close()
+
+
+@async_test
+async def test_get_cancel_drop_many_pending_readers(storage):
+    q = mqlite.Queue("cancel", storage=storage)
+    readers = [asyncio.create_task(q.aget()) for _ in range(3)]
+    await async_wait_until(lambda: waiting(q) == 3, what="three blocked agets")
+    q.put_nowait(1)
+    q.put_nowait(2)
+    readers[0].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await readers[0]
+    done, pending = await asyncio.wait(readers[1:], timeout=TIMEOUT, return_when=asyncio.ALL_COMPLETED)
+    assert not pending, "a message was dropped with the cancelled reader"
+    assert {task.result().body for task in done} == {1, 2}
+    q.close()
+
+
+@async_test
+async def test_cancelled_getters_not_being_held_in_self_getters(storage):
+    q = mqlite.Queue("cancel", storage=storage, maxsize=5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(q.aget(), 0.01)
+    with pytest.raises(mqlite.Empty):
+        await q.aget(timeout=0.01)
+    for _ in range(20):
+        task = asyncio.create_task(q.aget())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert waiting(q) == 0
+    q.close()
+
+
+@async_test
+async def test_put_cancel_drop(storage):
+    q = mqlite.Queue("cancel", storage=storage, maxsize=1)
+    q.put_nowait(1)
+    writer = asyncio.create_task(q.aput(2))  # has to block: qsize is 1
+    await async_wait_until(lambda: waiting(q, "putters") == 1, what="a blocked aput")
+    first = q.get_nowait()
+    assert first.body == 1
+    writer.cancel()
+    try:
+        await writer
+    except asyncio.CancelledError:
+        await asyncio.wait_for(q.aput(2), TIMEOUT)  # try again
+    assert q.get_nowait().body == 2
+    assert q.qsize() == 0
+    q.close()
+
+
+@async_test
+async def test_put_cancelled_race(storage):
+    q = mqlite.Queue("cancel", storage=storage, maxsize=1)
+    put_a = asyncio.create_task(q.aput("a"))
+    put_b = asyncio.create_task(q.aput("b"))
+    put_c = asyncio.create_task(q.aput("X"))
+    await asyncio.wait_for(put_a, TIMEOUT)
+    await async_wait_until(lambda: waiting(q, "putters") == 2, what="two blocked aputs")
+    put_c.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put_c
+    assert q.get_nowait().body == "a"
+    await asyncio.wait_for(put_b, TIMEOUT)
+    assert q.get_nowait().body == "b"
+    assert q.qsize() == 0
+    assert [m.body for m in q.peek(5)] == ["a", "b"]  # "X" never got in
+    q.close()
+
+
+@async_test
+async def test_cancel_after_notify_passes_the_wake_on_to_another_getter():
+    """A getter whose future was resolved but is cancelled before it runs must not swallow
+    the wake-up: the other getter receives the message."""
+    q = mqlite.Queue("cancel")
+    first = asyncio.create_task(q.aget())
+    second = asyncio.create_task(q.aget())
+    await async_wait_until(lambda: waiting(q) == 2, what="two blocked agets")
+    q.put_nowait("only")  # wakes the first getter: its future is resolved on this loop...
+    assert waiting(q) == 1
+    first.cancel()  # ...but it is cancelled before it gets to run
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    message = await asyncio.wait_for(second, TIMEOUT)
+    assert (message.body, message.attempts) == ("only", 1)
+    q.close()
+
+
+@async_test
+async def test_cancel_after_a_wake_from_another_thread_passes_it_on():
+    q = mqlite.Queue("cancel")
+    first = asyncio.create_task(q.aget())
+    second = asyncio.create_task(q.aget())
+    await async_wait_until(lambda: waiting(q) == 2, what="two blocked agets")
+    start_thread(q.put, "only").finish()  # the wake is scheduled on this loop, not yet run
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    message = await asyncio.wait_for(second, TIMEOUT)
+    assert message.body == "only"
+    q.close()
+
+
+@async_test
+async def test_cancel_after_notify_passes_the_wake_on_to_another_putter():
+    q = mqlite.Queue("cancel", maxsize=1)
+    q.put_nowait("full")
+    first = asyncio.create_task(q.aput("first"))
+    second = asyncio.create_task(q.aput("second"))
+    await async_wait_until(lambda: waiting(q, "putters") == 2, what="two blocked aputs")
+    q.get_nowait()  # room for one: wakes the first putter, which is cancelled before it runs
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, TIMEOUT)
+    assert [m.body for m in q.peek(5)] == ["full", "second"]
+    q.close()
+
+
+def test_a_waiter_whose_loop_was_closed_does_not_swallow_the_message():
+    q = mqlite.Queue("cancel")
+    doomed = LoopThread("doomed")
+    task = doomed.call(lambda: doomed.loop.create_task(q.aget()))
+    wait_until(lambda: waiting(q) == 1, what="the coroutine to block")
+    doomed.stop()
+    doomed.loop.close()  # the coroutine will never run again; its waiter is still enlisted
+    getter = start_thread(q.get, True, TIMEOUT, name="getter")
+    wait_until(lambda: waiting(q) == 2, what="the thread to block behind it")
+    q.put("only")
+    message = getter.finish()
+    assert (message.body, message.attempts) == ("only", 1)
+    # Tidy up the orphaned coroutine (GeneratorExit at its await) without a pending-task warning.
+    task._log_destroy_pending = False
+    task.get_coro().close()
+    q.close()
+
+
+def test_close_skips_waiters_of_a_closed_loop():
+    q = mqlite.Queue("cancel")
+    doomed = LoopThread("doomed")
+    task = doomed.call(lambda: doomed.loop.create_task(q.aget()))
+    wait_until(lambda: waiting(q) == 1, what="the coroutine to block")
+    doomed.stop()
+    doomed.loop.close()
+    getter = start_thread(q.get, name="getter")
+    wait_until(lambda: waiting(q) == 2, what="the thread to block")
+    q.close()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.finish()
+    task._log_destroy_pending = False
+    task.get_coro().close()
+
+
+@async_test
+async def test_aget_cancelled_while_its_lease_is_in_flight_gives_the_message_back():
+    """On a storage that blocks on I/O the lease runs on a worker thread; cancelling the aget
+    meanwhile must release what the lease took, without counting an attempt."""
+    storage = BlockingMemoryStorage()
+    q = mqlite.Queue("cancel", storage=storage)
+    q.put("precious")
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    def block_first_lease(count, *args):
+        if count == 1:
+            entered.set()
+            assert proceed.wait(TIMEOUT)
+
+    storage.hooks["lease"] = block_first_lease
+    getter = asyncio.create_task(q.aget())
+    assert await asyncio.to_thread(entered.wait, TIMEOUT)
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    proceed.set()  # the lease completes after its caller is gone
+    message = await q.aget(timeout=TIMEOUT)  # woken when the orphaned lease is given back
+    assert (message.body, message.attempts) == ("precious", 1)
+    assert q.stats().in_flight == 1
+    await message.aack()
+    assert await q.ajoin(timeout=0)
+    q.close()
+
+
+@async_test
+async def test_aget_many_cancelled_while_its_lease_is_in_flight_gives_all_back():
+    storage = BlockingMemoryStorage()
+    q = mqlite.Queue("cancel", storage=storage)
+    q.put_many(["a", "b", "c"])
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    def block_first_lease(count, *args):
+        if count == 1:
+            entered.set()
+            assert proceed.wait(TIMEOUT)
+
+    storage.hooks["lease"] = block_first_lease
+    consumer = q.consumer(prefetch=2)
+    getter = asyncio.create_task(consumer.aget_many(3))
+    assert await asyncio.to_thread(entered.wait, TIMEOUT)
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    proceed.set()
+    await async_wait_until(lambda: q.stats().ready == 3, what="the leased messages to come back")
+    assert consumer.held == 0
+    messages = q.get_many(3)
+    assert [(m.body, m.attempts) for m in messages] == [("a", 1), ("b", 1), ("c", 1)]
+    q.close()
+
+
+@async_test
+async def test_cancelled_aget_on_blocking_storage_leases_nothing_later():
+    storage = BlockingMemoryStorage()
+    q = mqlite.Queue("cancel", storage=storage)
+    getter = asyncio.create_task(q.aget())
+    await async_wait_until(lambda: waiting(q) == 1, what="a blocked aget")
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    await q.aput("later")
+    assert q.stats().in_flight == 0
+    assert q.get_nowait().attempts == 1
+    q.close()
+
+
+# -- failures injected in the storage (CPython's FailingQueueTest idea) ---------------------------
+
+
+@pytest.mark.parametrize("blocking_io", [False, True])
+def test_failed_put_enqueues_nothing_and_the_queue_goes_on(blocking_io):
+    storage = FailingStorage({"put": {2, 4}}, blocking_io=blocking_io)
+    with mqlite.Queue("failing", storage=storage) as q:
+        first = q.put("a")
+        with pytest.raises(mqlite.StorageError, match="injected"):
+            q.put("lost")
+        third = q.put("b", priority=0, headers={"k": "v"})
+        with pytest.raises(mqlite.StorageError, match="injected"):
+            q.put_many(["x", "y"])
+        assert q.qsize() == 2
+        assert third > first
+        assert [q.get_nowait().body for _ in range(2)] == ["a", "b"]
+        with pytest.raises(mqlite.Empty):
+            q.get_nowait()
+
+
+@pytest.mark.parametrize("blocking_io", [False, True])
+def test_failed_lease_leaves_the_message_ready_and_uncounted(blocking_io):
+    storage = FailingStorage({"lease": {1}}, blocking_io=blocking_io)
+    with mqlite.Queue("failing", storage=storage) as q:
+        q.put("a")
+        with pytest.raises(mqlite.StorageError, match="injected"):
+            q.get(timeout=TIMEOUT)
+        assert q.stats().ready == 1
+        message = q.get(timeout=TIMEOUT)
+        assert (message.body, message.attempts) == ("a", 1)
+        message.ack()
+        assert q.join(timeout=0)
+
+
+@pytest.mark.parametrize("blocking_io", [False, True])
+def test_failed_ack_can_be_retried(blocking_io):
+    storage = FailingStorage({"ack": {1}}, blocking_io=blocking_io)
+    with mqlite.Queue("failing", storage=storage) as q:
+        q.put("a")
+        message = q.get_nowait()
+        with pytest.raises(mqlite.StorageError, match="injected"):
+            message.ack()
+        assert q.stats().in_flight == 1
+        message.ack()
+        message.ack()  # repeating the verb that settled it is a no-op
+        assert q.join(timeout=0)
+
+
+@pytest.mark.parametrize("blocking_io", [False, True])
+@async_test
+async def test_failed_async_calls_leave_the_queue_consistent(blocking_io):
+    storage = FailingStorage({"put": {1}, "lease": {1}, "ack": {1}}, blocking_io=blocking_io)
+    async with mqlite.Queue("failing", storage=storage) as q:
+        with pytest.raises(mqlite.StorageError):
+            await q.aput("lost")
+        await q.aput("kept")
+        with pytest.raises(mqlite.StorageError):
+            await q.aget(timeout=TIMEOUT)
+        message = await q.aget(timeout=TIMEOUT)
+        assert (message.body, message.attempts) == ("kept", 1)
+        with pytest.raises(mqlite.StorageError):
+            await message.aack()
+        await message.aack()
+        assert await q.ajoin(timeout=0)
+
+
+def test_a_woken_getter_whose_lease_fails_passes_the_wake_on():
+    """Two threads wait; one message arrives and wakes one of them, whose lease call fails.
+    The failure reaches that caller, and the other waiter still receives the message."""
+    storage = FailingStorage()
+    with mqlite.Queue("failing", storage=storage) as q:
+        # No timeout: a getter that slept through the message would get it at its deadline.
+        getters = [start_thread(q.get, name=f"getter-{i}") for i in range(2)]
+        wait_until(lambda: waiting(q) == 2, what="two blocked getters")
+        storage.fail["lease"] = {storage.calls["lease"] + 1}  # the next lease call fails
+        q.put("only")
+        outcomes = []
+        for getter in getters:
+            try:
+                outcomes.append(getter.finish().body)
+            except mqlite.StorageError:
+                outcomes.append("failed")
+        assert sorted(outcomes) == ["failed", "only"]
+
+
+@async_test
+async def test_a_woken_async_getter_whose_lease_fails_passes_the_wake_on():
+    storage = FailingStorage()
+    async with mqlite.Queue("failing", storage=storage) as q:
+        getters = [asyncio.create_task(q.aget()) for _ in range(2)]
+        await async_wait_until(lambda: waiting(q) == 2, what="two blocked agets")
+        storage.fail["lease"] = {storage.calls["lease"] + 1}
+        await q.aput("only")
+        done, pending = await asyncio.wait(getters, timeout=TIMEOUT)
+        for task in pending:
+            task.cancel()
+        assert not pending, "the second getter slept through an eligible message"
+        outcomes = sorted("failed" if t.exception() else t.result().body for t in done)
+        assert outcomes == ["failed", "only"]
