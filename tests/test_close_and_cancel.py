@@ -558,6 +558,7 @@ async def test_a_woken_async_getter_whose_lease_fails_passes_the_wake_on():
         done, pending = await asyncio.wait(getters, timeout=TIMEOUT)
         for task in pending:
             task.cancel()
+        await asyncio.gather(*getters, return_exceptions=True)  # every outcome retrieved
         assert not pending, "the second getter slept through an eligible message"
         outcomes = sorted("failed" if t.exception() else t.result().body for t in done)
         assert outcomes == ["failed", "only"]
