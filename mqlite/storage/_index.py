@@ -364,6 +364,9 @@ class QueueIndex:
     def _kill(self, entry: Entry, reason: str, detail: str | None, storage: Index) -> None:
         """Move a message that left flight to the dead-letter queue, keeping its id."""
         self._remove(entry)
+        source = entry.headers.get(DEATH_QUEUE)
+        if source is not None:  # a dead letter dying again: it no longer counts as dead here
+            self._forget_dead(source)
         headers = dict(entry.headers)
         headers[DEATH_REASON] = reason
         headers[DEATH_QUEUE] = self.spec.name
@@ -588,11 +591,7 @@ class Index:
         index = self.touch(queue, now)
 
         def apply(entry: Entry, running: bool) -> Outcome:
-            source = entry.headers.get(DEATH_QUEUE) if entry.headers else None
-            outcome = index.reject_one(entry, reason, self)
-            if source is not None:
-                index._forget_dead(source)
-            return outcome
+            return index.reject_one(entry, reason, self)  # _kill forgets a dead letter's old death
 
         return index.settle(handles, apply)
 
