@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["Consumer"]
 
 T = TypeVar("T")
+W = TypeVar("W", ThreadWaiter, AsyncWaiter)
 
 log = logging.getLogger("mqlite")
 
@@ -159,80 +160,125 @@ class Consumer(Generic[T]):
 
     def _wait_sync(self, n: int, block: bool, timeout: float | None) -> list[Message[T]]:
         """Lease ``n`` messages, sleeping until one is eligible, the deadline, or close."""
-        queue = self._queue
-        channel = queue._channel
-        storage = queue._storage
+        channel = self._queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            taken = self._take(n)
+            try:
+                taken, waiter, remaining = self._attempt(n, block, deadline, timeout, woken, ThreadWaiter)
+            except BaseException as error:
+                if woken and not isinstance(error, Empty):
+                    channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
+                raise
             if taken:
                 return taken
-            if not block:
-                raise Empty(f"no message is eligible in queue {queue.name!r}")
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.0:
-                    raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
-            now = queue._clock()
-            wake_at = storage.next_wakeup(queue._name, now)
-            waiter = ThreadWaiter(self)
-            with channel.mutex:
-                if channel.epoch != epoch or self._closed or queue._closed:
-                    continue
-                waiter.wake_at = NEVER if wake_at is None else wake_at
-                channel.enlist(channel.getters, waiter)
-            if wake_at is not None:
-                until = max(wake_at - queue._clock(), 0.0)
-                remaining = until if remaining is None else min(remaining, until)
+            if waiter is None:
+                continue
             try:
                 waiter.wait(remaining)
             except BaseException:
                 channel.withdraw(channel.getters, waiter, pass_on=True)
                 raise
-            channel.withdraw(channel.getters, waiter, pass_on=False)
+            woken = channel.withdraw(channel.getters, waiter, pass_on=False)
+
+    def _attempt(
+        self,
+        n: int,
+        block: bool,
+        deadline: float | None,
+        timeout: float | None,
+        woken: bool,
+        make_waiter: Callable[[object], W],
+    ) -> tuple[list[Message[T]] | None, W | None, float | None]:
+        """One turn of a blocking get: lease, or enlist a waiter and say how long it may sleep.
+
+        Returns ``(messages, None, None)``, or ``(None, waiter, seconds)`` to sleep on the
+        waiter, or ``(None, None, None)`` to retry at once (something changed meanwhile).
+        Waiters made by ``make_waiter`` are enlisted only if the channel's epoch did not move
+        since before the lease attempt (the eventcount check).
+        """
+        queue = self._queue
+        channel = queue._channel
+        self._check_open()
+        epoch = channel.epoch
+        taken = self._take(n)
+        if taken:
+            return taken, None, None
+        if not block:
+            raise Empty(f"no message is eligible in queue {queue.name!r}")
+        remaining = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
+        wake_at = queue._storage.next_wakeup(queue._name, queue._clock())
+        waiter = make_waiter(self)
+        with channel.mutex:
+            if channel.epoch != epoch or self._closed or queue._closed:
+                return None, None, None
+            waiter.wake_at = NEVER if wake_at is None else wake_at
+            channel.enlist(channel.getters, waiter)
+        if wake_at is not None:
+            until = max(wake_at - queue._clock(), 0.0)
+            remaining = until if remaining is None else min(remaining, until)
+        return None, waiter, remaining
 
     async def _wait_async(self, n: int, timeout: float | None) -> list[Message[T]]:
         """The async twin of :meth:`_wait_sync`: same algorithm, the coroutine awaits a future."""
         queue = self._queue
         channel = queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        inline = not queue._storage.blocking_io
+        woken = False
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            if inline or self._buffer:
-                taken = self._take(n)
-            else:
-                taken = await self._take_off_loop(n)
+            try:
+                if queue._storage.blocking_io and not self._buffer:
+                    taken, waiter, remaining = await self._attempt_off_loop(n, deadline, timeout)
+                else:
+                    taken, waiter, remaining = self._attempt(n, True, deadline, timeout, woken, AsyncWaiter)
+            except BaseException as error:
+                if woken and not isinstance(error, Empty):
+                    channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
+                raise
             if taken:
-                if inline:
+                if not queue._storage.blocking_io:
                     now = time.monotonic()
                     if now - self._yielded > _YIELD_EVERY:
                         self._yielded = now
                         await asyncio.sleep(0)
                 return taken
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.0:
-                    raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
-            now = queue._clock()
-            wake_at = await queue._call(queue._storage.next_wakeup, queue._name, now)
-            waiter = AsyncWaiter(self)
-            with channel.mutex:
-                if channel.epoch != epoch or self._closed or queue._closed:
-                    continue
-                waiter.wake_at = NEVER if wake_at is None else wake_at
-                channel.enlist(channel.getters, waiter)
-            if wake_at is not None:
-                until = max(wake_at - queue._clock(), 0.0)
-                remaining = until if remaining is None else min(remaining, until)
+            if waiter is None:
+                continue
             self._yielded = time.monotonic()
             await _sleep_on(waiter, remaining, channel, channel.getters)
-            channel.withdraw(channel.getters, waiter, pass_on=False)
+            woken = channel.withdraw(channel.getters, waiter, pass_on=False)
+
+    async def _attempt_off_loop(
+        self, n: int, deadline: float | None, timeout: float | None
+    ) -> tuple[list[Message[T]] | None, AsyncWaiter | None, float | None]:
+        """:meth:`_attempt` for storages that block: the storage calls run on the I/O threads."""
+        queue = self._queue
+        channel = queue._channel
+        self._check_open()
+        epoch = channel.epoch
+        taken = await self._take_off_loop(n)
+        if taken:
+            return taken, None, None
+        remaining = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
+        wake_at = await queue._call(queue._storage.next_wakeup, queue._name, queue._clock())
+        waiter = AsyncWaiter(self)
+        with channel.mutex:
+            if channel.epoch != epoch or self._closed or queue._closed:
+                return None, None, None
+            waiter.wake_at = NEVER if wake_at is None else wake_at
+            channel.enlist(channel.getters, waiter)
+        if wake_at is not None:
+            until = max(wake_at - queue._clock(), 0.0)
+            remaining = until if remaining is None else min(remaining, until)
+        return None, waiter, remaining
 
     async def _take_off_loop(self, n: int) -> list[Message[T]] | None:
         """Lease on the I/O thread; if cancelled meanwhile, release what it leased (no attempt)."""

@@ -95,6 +95,7 @@ class Message(Generic[T]):
         """Mark this delivery settled by ``verb``; False if it already was by the same verb."""
         if self._consumer is None:
             raise LeaseLost(f"message {self.id} came from peek() and holds no lease")
+        self._consumer._queue._check_open()
         with _claim_lock:
             settled = self._settled
             if settled is None:
@@ -118,7 +119,7 @@ class Message(Generic[T]):
     def ack(self) -> None:
         """Done: delete the message. Works after the lease ended, until it is delivered again."""
         consumer = self._consumer
-        if consumer is not None:
+        if consumer is not None and not consumer._queue._closed:
             with _claim_lock:
                 settled = self._settled
                 if settled is None:
@@ -153,6 +154,7 @@ class Message(Generic[T]):
         """Keep the lease until now + ``seconds``; return the new end. Raises LeaseLost if the
         lease already ended or the delivery was settled."""
         consumer = self._consumer_or_lost()
+        consumer._queue._check_open()
         if self._settled is not None:
             raise LeaseLost(f"message {self.id} was already settled with {self._settled}()")
         return consumer._extend(self, seconds)
@@ -184,6 +186,7 @@ class Message(Generic[T]):
     async def aextend(self, seconds: float) -> float:
         """Async :meth:`extend`."""
         consumer = self._consumer_or_lost()
+        consumer._queue._check_open()
         if self._settled is not None:
             raise LeaseLost(f"message {self.id} was already settled with {self._settled}()")
         return await consumer._aextend(self, seconds)

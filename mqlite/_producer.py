@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
+from . import _validate
+
 if TYPE_CHECKING:
     from ._queue import Queue
 
@@ -31,9 +33,9 @@ class Producer(Generic[T]):
         if unknown:
             raise TypeError(f"unknown producer option(s): {', '.join(sorted(unknown))}")
         options = {k: v for k, v in defaults.items() if k not in ("block", "timeout")}
-        queue._envelope(
-            None, **{"delay": 0.0, "priority": 0, "group": None, "dedup_key": None, "headers": None, **options}
-        )
+        queue._options(**{"delay": 0.0, "priority": 0, "group": None, "dedup_key": None, "headers": None, **options})
+        if "timeout" in defaults:
+            _validate.timeout(defaults["timeout"])
         self._queue = queue
         self._defaults = defaults
 

@@ -239,16 +239,15 @@ class Queue(Generic[T]):
             raise SerializationError(f"{serializer!r}.dumps returned {type(data).__name__}, not bytes")
         return data
 
-    def _envelope(
+    def _options(
         self,
-        body: object,
         delay: float,
         priority: int,
         group: str | None,
         dedup_key: str | None,
         headers: Mapping[str, str] | None,
-        position: int | None = None,
-    ) -> Envelope:
+    ) -> Envelope | None:
+        """Check put options; return them as a body-less envelope, or None for the defaults."""
         if (
             (delay.__class__ is float or delay.__class__ is int)
             and delay == 0
@@ -258,15 +257,28 @@ class Queue(Generic[T]):
             and dedup_key is None
             and headers is None
         ):
-            return Envelope(self._encode(body, position))
+            return None
         return Envelope(
-            self._encode(body, position),
+            None,
             _validate.priority(priority),
             _validate.key("group", group),
             _validate.key("dedup_key", dedup_key),
             _validate.headers(headers),
             _validate.seconds("delay", delay),
         )
+
+    def _envelope(
+        self,
+        body: object,
+        delay: float,
+        priority: int,
+        group: str | None,
+        dedup_key: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> Envelope:
+        options = self._options(delay, priority, group, dedup_key, headers)
+        data = self._encode(body)
+        return Envelope(data) if options is None else options._replace(body=data)
 
     def _envelopes(
         self,
@@ -281,8 +293,8 @@ class Queue(Generic[T]):
             raise TypeError(f"put_many takes an iterable of bodies, not one {type(bodies).__name__}")
         if dedup_key is not None:
             raise ValueError("put_many cannot share one dedup_key among many messages; put them one by one")
-        first = self._envelope(None, delay, priority, group, None, headers)
-        envelopes = [first._replace(body=self._encode(body, i)) for i, body in enumerate(bodies)]
+        options = self._options(delay, priority, group, None, headers) or Envelope(None)
+        envelopes = [options._replace(body=self._encode(body, i)) for i, body in enumerate(bodies)]
         if self._maxsize and len(envelopes) > self._maxsize:
             raise ValueError(
                 f"put_many of {len(envelopes)} messages can never fit in queue {self._name!r} (maxsize {self._maxsize})"
@@ -311,16 +323,24 @@ class Queue(Generic[T]):
     def _put_sync(self, envelopes: list[Envelope], block: bool, timeout: float | None) -> list[int]:
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            now = self._clock()
-            ids = self._storage.put(self._name, envelopes, now, self._maxsize)
-            if ids is not None:
-                self._announce(envelopes, now)
-                return ids
-            remaining = self._room_wait_time(block, deadline)
-            waiter = ThreadWaiter(self)
+            try:
+                self._check_open()
+                epoch = channel.epoch
+                now = self._clock()
+                ids = self._storage.put(self._name, envelopes, now, self._maxsize)
+                if ids is not None:
+                    self._announce(envelopes, now)
+                    return ids
+                if woken:
+                    channel.pass_room(len(envelopes))
+                remaining = self._room_wait_time(block, deadline)
+            except BaseException as error:
+                if woken and not isinstance(error, Full):
+                    channel.notify(channel.putters, 1)  # this caller cannot use its wake-up
+                raise
+            waiter = ThreadWaiter(self, len(envelopes))
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue
@@ -330,27 +350,35 @@ class Queue(Generic[T]):
             except BaseException:
                 channel.withdraw(channel.putters, waiter, pass_on=True)
                 raise
-            channel.withdraw(channel.putters, waiter, pass_on=False)
+            woken = channel.withdraw(channel.putters, waiter, pass_on=False)
 
     async def _put_async(self, envelopes: list[Envelope], timeout: float | None) -> list[int]:
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
+        woken = False
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            now = self._clock()
-            ids = await self._call(self._storage.put, self._name, envelopes, now, self._maxsize)
-            if ids is not None:
-                self._announce(envelopes, now)
-                return ids
-            remaining = self._room_wait_time(True, deadline)
-            waiter = AsyncWaiter(self)
+            try:
+                self._check_open()
+                epoch = channel.epoch
+                now = self._clock()
+                ids = await self._call(self._storage.put, self._name, envelopes, now, self._maxsize)
+                if ids is not None:
+                    self._announce(envelopes, now)
+                    return ids
+                if woken:
+                    channel.pass_room(len(envelopes))
+                remaining = self._room_wait_time(True, deadline)
+            except BaseException as error:
+                if woken and not isinstance(error, Full):
+                    channel.notify(channel.putters, 1)
+                raise
+            waiter = AsyncWaiter(self, len(envelopes))
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue
                 channel.enlist(channel.putters, waiter)
             await _sleep_on(waiter, remaining, channel, channel.putters)
-            channel.withdraw(channel.putters, waiter, pass_on=False)
+            woken = channel.withdraw(channel.putters, waiter, pass_on=False)
 
     def _room_wait_time(self, block: bool, deadline: float | None) -> float | None:
         if not block:
@@ -477,6 +505,7 @@ class Queue(Generic[T]):
     def producer(self, **defaults: Any) -> Producer[T]:
         """A handle whose puts use ``defaults`` (delay, priority, group, headers, block,
         timeout) unless a call overrides them."""
+        self._check_open()
         return Producer(self, defaults)
 
     # -- consuming ----------------------------------------------------------------------------
@@ -533,6 +562,7 @@ class Queue(Generic[T]):
 
     def full(self) -> bool:
         """Whether maxsize is set and ``qsize()`` has reached it."""
+        self._check_open()
         return self._maxsize > 0 and self.qsize() >= self._maxsize
 
     def stats(self) -> QueueStats:

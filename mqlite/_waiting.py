@@ -32,6 +32,7 @@ class Waiter(Protocol):
     owner: object
     notified: bool
     wake_at: float
+    need: int
 
     def wake(self) -> bool:
         """Make the sleeper run; False if it never can (its event loop is closed)."""
@@ -41,14 +42,15 @@ class Waiter(Protocol):
 class ThreadWaiter:
     """A thread sleeping on a lock that only ``wake`` releases."""
 
-    __slots__ = ("_gate", "notified", "owner", "wake_at")
+    __slots__ = ("_gate", "need", "notified", "owner", "wake_at")
 
-    def __init__(self, owner: object) -> None:
+    def __init__(self, owner: object, need: int = 1) -> None:
         self._gate = threading.Lock()
         self._gate.acquire()
         self.owner = owner
         self.notified = False
         self.wake_at = NEVER
+        self.need = need
 
     def wait(self, timeout: float | None) -> bool:
         """Sleep until woken or ``timeout`` seconds passed; True if woken."""
@@ -70,14 +72,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class AsyncWaiter:
     """A coroutine awaiting a future of its running loop; woken from any thread."""
 
-    __slots__ = ("future", "loop", "notified", "owner", "wake_at")
+    __slots__ = ("future", "loop", "need", "notified", "owner", "wake_at")
 
-    def __init__(self, owner: object) -> None:
+    def __init__(self, owner: object, need: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[None] = self.loop.create_future()
         self.owner = owner
         self.notified = False
         self.wake_at = NEVER
+        self.need = need
 
     def wake(self) -> bool:
         """Resolve the future on its loop: directly on that loop's thread, else thread-safely."""
@@ -116,9 +119,10 @@ class Channel:
         if waiters is self.getters and waiter.wake_at < self.timer_at:
             self.timer_at = waiter.wake_at
 
-    def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> None:
-        """Take back a waiter that stops waiting. If it had been notified and ``pass_on`` (it
-        leaves without acting on the wake-up: cancelled, failed), wake another in its place."""
+    def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> bool:
+        """Take back a waiter that stops waiting; return whether it had been notified. If it
+        had and ``pass_on`` (it leaves without acting on the wake-up: cancelled, failed), wake
+        another in its place."""
         with self.mutex:
             notified = waiter.notified
             if not notified:
@@ -127,6 +131,22 @@ class Channel:
                     self._retime()
         if notified and pass_on:
             self.notify(waiters, 1)
+        return notified
+
+    def pass_room(self, need: int) -> None:
+        """A woken putter needing ``need`` places found too little room: wake the first putter
+        that needs fewer, which may fit. Needs strictly decrease along a chain of passes, so
+        passing always ends."""
+        chosen: list[Waiter] = []
+        with self.mutex:
+            for waiter in self.putters:
+                if waiter.need < need:
+                    self.putters.remove(waiter)
+                    waiter.notified = True
+                    chosen.append(waiter)
+                    break
+        if chosen:
+            self._wake(self.putters, chosen)
 
     def _retime(self) -> None:
         self.timer_at = min((w.wake_at for w in self.getters), default=NEVER)
