@@ -259,12 +259,12 @@ def test_a_serializer_without_dumps_and_loads_is_refused() -> None:
     ids=["ack", "nack", "nack-delay", "release", "reject", "extend"],
 )
 def test_settles_on_a_closed_queue_raise_queue_closed(verb: Callable[[mqlite.Message[Any]], object]) -> None:
-    storage = mqlite.MemoryStorage()
-    q: mqlite.Queue[Any] = mqlite.Queue("jobs", storage=storage)
+    storage, clock = mqlite.MemoryStorage(), FakeClock()
+    q: mqlite.Queue[Any] = mqlite.Queue("jobs", storage=storage, clock=clock)
     q.put("a")
     msg = q.get()
     q.close()
-    other: mqlite.Queue[Any] = mqlite.Queue("jobs", storage=storage)
+    other: mqlite.Queue[Any] = mqlite.Queue("jobs", storage=storage, clock=clock)
     before = snapshot(other)
     with pytest.raises(QueueClosed, match="jobs"):
         verb(msg)
