@@ -290,10 +290,13 @@ async def test_put_cancel_drop(storage):
 @async_test
 async def test_put_cancelled_race(storage):
     q = mqlite.Queue("cancel", storage=storage, maxsize=1)
+    # On a blocking storage the three storage calls would race on the I/O threads, so the
+    # order "a" fits, "b" waits first, "X" waits second is made explicit.
     put_a = asyncio.create_task(q.aput("a"))
-    put_b = asyncio.create_task(q.aput("b"))
-    put_c = asyncio.create_task(q.aput("X"))
     await asyncio.wait_for(put_a, TIMEOUT)
+    put_b = asyncio.create_task(q.aput("b"))
+    await async_wait_until(lambda: waiting(q, "putters") == 1, what="a blocked aput")
+    put_c = asyncio.create_task(q.aput("X"))
     await async_wait_until(lambda: waiting(q, "putters") == 2, what="two blocked aputs")
     put_c.cancel()
     with pytest.raises(asyncio.CancelledError):
