@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -284,8 +285,10 @@ class Consumer(Generic[T]):
         """Lease on the I/O thread; if cancelled meanwhile, release what it leased (no attempt)."""
         queue = self._queue
         now = queue._clock()
-        records = await queue._call_cancel_safe(
-            queue._storage.lease, (queue._name, max(n, self._prefetch), now, self._lease), self._release_records
+        records = await queue._call_landing(
+            queue._storage.lease,
+            (queue._name, max(n, self._prefetch), now, self._lease),
+            lambda taken: self._release_records(taken) if taken else None,
         )
         if not records:
             return None
@@ -401,11 +404,23 @@ class Consumer(Generic[T]):
             message._unclaim(False)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         try:
-            outcome = await queue._call(self._settle_call(message, verb, delay, text))
+            outcome = await queue._call_landing(
+                self._settle_call(message, verb, delay, text),
+                (),
+                lambda landed: self._settled_after_cancel(message, verb, delay, landed),
+                lambda: message._unclaim(False),
+            )
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             message._unclaim(False)
             raise
         self._settled(message, verb, delay, outcome)
+
+    def _settled_after_cancel(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
+        """A settle whose caller was cancelled landed anyway: account for it all the same."""
+        with contextlib.suppress(LeaseLost):
+            self._settled(message, verb, delay, outcome)
 
     def _settled(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
         """After the storage answered: forget the message, report it, wake who may proceed."""

@@ -207,19 +207,28 @@ class Queue(Generic[T]):
             return function(*args)
         return await asyncio.shield(asyncio.wrap_future(_io_executor().submit(function, *args)))
 
-    async def _call_cancel_safe(
-        self, function: Callable[..., list[R]], args: tuple[Any, ...], undo: Callable[[list[R]], None]
-    ) -> list[R]:
-        """Like :meth:`_call` for a call that takes something (a lease): if the caller is
-        cancelled, whatever the call took is given back with ``undo`` as soon as it returns."""
+    async def _call_landing(
+        self,
+        function: Callable[..., R],
+        args: tuple[Any, ...],
+        landed: Callable[[R], None],
+        never_ran: Callable[[], None] | None = None,
+    ) -> R:
+        """Like :meth:`_call`, for a call whose effect others must hear about. If the caller is
+        cancelled while the call runs, the call still finishes and ``landed(result)`` runs then
+        (give back a lease, wake getters for a put, account for a settle); if it was cancelled
+        before it started, nothing happened and ``never_ran()`` runs."""
         if not self._storage.blocking_io:
             return function(*args)
         future = _io_executor().submit(function, *args)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            if not future.cancel():
-                future.add_done_callback(lambda done: _undo_quietly(done, undo))
+            if future.cancel():
+                if never_ran is not None:
+                    never_ran()
+            else:
+                future.add_done_callback(lambda done: _after_cancel(done, landed))
             raise
 
     # -- producing ----------------------------------------------------------------------------
@@ -361,7 +370,11 @@ class Queue(Generic[T]):
                 self._check_open()
                 epoch = channel.epoch
                 now = self._clock()
-                ids = await self._call(self._storage.put, self._name, envelopes, now, self._maxsize)
+                ids = await self._call_landing(
+                    self._storage.put,
+                    (self._name, envelopes, now, self._maxsize),
+                    lambda stored, now=now: None if stored is None else self._announce(envelopes, now),
+                )
                 if ids is not None:
                     self._announce(envelopes, now)
                     return ids
@@ -693,12 +706,11 @@ class Queue(Generic[T]):
         await self.aclose()
 
 
-def _undo_quietly(done: concurrent.futures.Future[list[R]], undo: Callable[[list[R]], None]) -> None:
+def _after_cancel(done: concurrent.futures.Future[R], landed: Callable[[R], None]) -> None:
+    """Done-callback of a storage call whose caller was cancelled: account for its effect."""
     if done.cancelled() or done.exception() is not None:
         return
-    taken = done.result()
-    if taken:
-        try:
-            undo(taken)
-        except Exception:
-            log.exception("mqlite: could not give back %d message(s) after a cancelled get", len(taken))
+    try:
+        landed(done.result())
+    except Exception:
+        log.exception("mqlite: could not account for a storage call whose caller was cancelled")

@@ -236,7 +236,26 @@ class StorageConformance(RuleBasedStateMachine):
         for priority, group, dedup_key, headers, delay in options:
             self.bodies += 1
             envelopes.append(Envelope(b"m%d" % self.bodies, priority, group, dedup_key, headers, delay))
-        now = self._tick(dt)
+        self._put(queue, envelopes, maxsize, self._tick(dt))
+
+    @rule(
+        queue=st.sampled_from(NAMES),
+        key=st.sampled_from(["k1", "k2"]),
+        edge=st.sampled_from([-0.5, 0.0, 0.0, 0.5]),
+        dt=_pre,
+    )
+    def put_at_window_edge(self, queue: str, key: str, edge: float, dt: float) -> None:
+        """Put a dedup key again just before, at, or just after the end of its window."""
+        known = self.model.queues.get(queue)
+        first = known.dedup.get(key) if known is not None else None
+        if first is not None and type(self).time_per_queue:
+            edge_time = first[1] + known.spec.dedup_window + edge  # type: ignore[union-attr]
+            if edge_time > self.clock():
+                self.clock.set(edge_time)
+        self.bodies += 1
+        self._put(queue, [Envelope(b"m%d" % self.bodies, dedup_key=key)], 0, self._tick(dt))
+
+    def _put(self, queue: str, envelopes: list[Envelope], maxsize: int, now: float) -> None:
         want = self.model.put(queue, envelopes, now, maxsize)
         got = self.storage.put(queue, envelopes, now, maxsize)
         what = f"put {envelopes} to {queue!r} (maxsize {maxsize})"
@@ -277,12 +296,14 @@ class StorageConformance(RuleBasedStateMachine):
         verb=_verbs,
         amount=_delay,
         text=_text,
-        dt=_pre,
+        when=st.sampled_from(["now", "now", "half", "expiry", "late"]),
     )
-    def process(self, queue: str, n: int, seconds: float, verb: str, amount: float, text: str | None, dt: float) -> Any:
-        """Lease, maybe let time pass, and settle what was leased with one verb (the common path)."""
+    def process(self, queue: str, n: int, seconds: float, verb: str, amount: float, text: str | None, when: str) -> Any:
+        """Lease, then settle what was leased with one verb (the common path): at once, halfway
+        through the lease, exactly when it ends, or after it ended."""
         held = self.lease(queue, n, seconds, 0.0)
         if held.values:
+            dt = {"now": 0.0, "half": seconds / 2, "expiry": seconds, "late": seconds + 1.0}[when]
             self._settle(verb, list(held.values), amount, text, dt)
         return held
 
@@ -296,6 +317,13 @@ class StorageConformance(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         """Let time pass: delays run out, leases end, dedup windows close."""
         self.clock.advance(seconds)
+
+    @rule(queue=st.sampled_from(NAMES))
+    def advance_to_next_wakeup(self, queue: str) -> None:
+        """Move the clock exactly to the queue's next delay or lease end: the boundary case."""
+        wakeup = self.model.next_wakeup(queue, self.clock())
+        if wakeup is not None:
+            self.clock.set(wakeup)
 
     @rule(
         queue=st.sampled_from(["a", "a", "b", "b", "a.dead", "dlq"]),
