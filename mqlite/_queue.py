@@ -329,6 +329,15 @@ class Queue(Generic[T]):
                 ready += 1
         self._channel.changed(ready, first)
 
+    def _announcer(self, envelopes: Sequence[Envelope], now: float) -> Callable[[list[int] | None], None]:
+        """What a cancelled aput whose write landed anyway must still do: wake getters."""
+
+        def landed(ids: list[int] | None) -> None:
+            if ids is not None:
+                self._announce(envelopes, now)
+
+        return landed
+
     def _put_sync(self, envelopes: list[Envelope], block: bool, timeout: float | None) -> list[int]:
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -371,9 +380,7 @@ class Queue(Generic[T]):
                 epoch = channel.epoch
                 now = self._clock()
                 ids = await self._call_landing(
-                    self._storage.put,
-                    (self._name, envelopes, now, self._maxsize),
-                    lambda stored, now=now: None if stored is None else self._announce(envelopes, now),
+                    self._storage.put, (self._name, envelopes, now, self._maxsize), self._announcer(envelopes, now)
                 )
                 if ids is not None:
                     self._announce(envelopes, now)
