@@ -27,7 +27,7 @@ W = TypeVar("W", ThreadWaiter, AsyncWaiter)
 
 log = logging.getLogger("mqlite")
 
-_YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
+YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
 
 
 @final
@@ -241,11 +241,6 @@ class Consumer(Generic[T]):
                     channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
                 raise
             if taken:
-                if not queue._storage.blocking_io:
-                    now = time.monotonic()
-                    if now - self._yielded > _YIELD_EVERY:
-                        self._yielded = now
-                        await asyncio.sleep(0)
                 return taken
             if waiter is None:
                 continue
@@ -332,12 +327,34 @@ class Consumer(Generic[T]):
 
         Cancelling it never loses a message and never leaves one leased.
         """
-        return (await self._wait_async(1, _validate.timeout(timeout)))[0]
+        if timeout is not None:
+            timeout = _validate.timeout(timeout)
+        queue = self._queue
+        storage = queue._storage
+        if not storage.blocking_io:
+            await self._maybe_yield()
+            if not (self._buffer or self._closed or queue._closed):  # the fast path: one attempt
+                records = storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)
+                if records:
+                    messages = self._adopt(records, 1)
+                    if messages:
+                        return messages[0]
+        return (await self._wait_async(1, timeout))[0]
+
+    async def _maybe_yield(self) -> None:
+        """Let the loop run other tasks if this consumer's calls kept finding messages for
+        over a millisecond. Called *before* taking a message: a cancellation here loses none."""
+        now = time.monotonic()
+        if now - self._yielded > YIELD_EVERY:
+            self._yielded = now
+            await asyncio.sleep(0)
 
     async def aget_many(self, max_messages: int, timeout: float | None = None) -> list[Message[T]]:
         """Async :meth:`get_many`."""
         n = _validate.count("max_messages", max_messages)
         try:
+            if not self._queue._storage.blocking_io:
+                await self._maybe_yield()
             return await self._wait_async(n, _validate.timeout(timeout))
         except Empty:
             return []

@@ -161,6 +161,10 @@ class Message(Generic[T]):
 
     async def aack(self) -> None:
         """Async :meth:`ack`."""
+        consumer = self._consumer
+        if consumer is not None and not consumer._queue._storage.blocking_io:
+            self.ack()  # microseconds: no reason to leave the loop
+            return
         if self._claim("ack"):
             await self._consumer_or_lost()._asettle(self, "ack", 0.0, None)
 

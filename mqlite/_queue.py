@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, final
 
 from . import _validate
-from ._consumer import Consumer, _sleep_on
+from ._consumer import YIELD_EVERY, Consumer, _sleep_on
 from ._errors import Full, QueueClosed, SerializationError
 from ._keeper import LeaseKeeper, keeper
 from ._message import Message
@@ -77,6 +77,7 @@ class Queue(Generic[T]):
         "_serializer",
         "_spec",
         "_storage",
+        "_yielded",
     )
 
     def __init__(
@@ -122,6 +123,7 @@ class Queue(Generic[T]):
         self._clock: Callable[[], float] = clock or time.time
         self._spec = QueueSpec(self._name, max_attempts, dead_letter, dedup_window)
         self._closed = False
+        self._yielded = time.monotonic()
         try:
             storage.open_queue(self._spec)
         except BaseException:
@@ -502,8 +504,31 @@ class Queue(Generic[T]):
         timeout: float | None = None,
     ) -> int:
         """Async :meth:`put`: await room (at most ``timeout`` seconds) and put one message."""
-        envelope = self._envelope(body, delay, priority, group, dedup_key, headers)
-        return (await self._put_async([envelope], _validate.timeout(timeout)))[0]
+        if (
+            delay.__class__ is float
+            and delay == 0.0
+            and priority.__class__ is int
+            and priority == 0
+            and group is None
+            and dedup_key is None
+            and headers is None
+            and timeout is None
+            and not self._closed
+            and not self._storage.blocking_io
+        ):  # the fast path: default options on a storage that never blocks, one attempt
+            envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
+            now = time.monotonic()
+            if now - self._yielded > YIELD_EVERY:  # let the loop run other tasks now and then,
+                self._yielded = now  # before putting, so a cancellation here enqueues nothing
+                await asyncio.sleep(0)
+            if not self._closed:
+                ids = self._storage.put(self._name, envelopes, self._clock(), self._maxsize)
+                if ids is not None:
+                    self._channel.changed(1)
+                    return ids[0]
+        else:
+            envelopes = [self._envelope(body, delay, priority, group, dedup_key, headers)]
+        return (await self._put_async(envelopes, _validate.timeout(timeout)))[0]
 
     async def aput_many(
         self,
