@@ -1,0 +1,852 @@
+"""``FileStorage``: one process's queues in an append-only, checksummed log in a directory.
+
+The state lives in the same in-memory :class:`~mqlite.storage._index.Index` as the memory
+storage; every call that changes it appends a record describing the call (with its results, so
+replay can check itself) to the log. Opening replays the log on a fresh index. Compaction writes
+a snapshot of the index as a new segment and deletes the older ones. See ``docs/file-format.md``
+for the format and ``docs/storages.md`` for the promises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import heapq
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar, Final, Literal, final
+
+from .. import _validate
+from .._errors import CorruptStorage, StorageError, StorageLocked
+from . import _log
+from ._index import DELAYED, IN_FLIGHT, Entry, Index, QueueIndex
+from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
+
+__all__ = ["FileStorage"]
+
+log = logging.getLogger("mqlite.storage.file")
+
+MiB: Final = 1 << 20
+LOCK_NAME: Final = "LOCK"
+_ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
+_WRITE_CHUNK: Final = 1 << 20
+_EXPIRED: Final = float("-inf")
+_SYNCED_KINDS: Final = frozenset((_log.PUT, _log.ACK, _log.NACK, _log.REJECT, _log.REDRIVE, _log.PURGE, _log.SPEC))
+
+Durability = Literal["full", "normal"]
+
+
+class _Diverged(Exception):
+    """Replaying a record gave another result than the one it recorded."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@final
+class FileStorage(Storage):
+    """Queues in an append-only log of checksummed records, in one directory, for one process.
+
+    ``durability="full"`` (default): a put, ack, nack, reject, redrive, purge or queue
+    declaration has reached the disk (``fdatasync``) before the call returns, so it survives
+    power loss; concurrent callers share one ``fdatasync`` (group commit). Leases, releases and
+    extends are written to the OS but not synced by themselves (the next synced record carries
+    them). ``"normal"``: every change is written to the OS before the call returns; it survives
+    a killed process, not an OS crash or power loss.
+
+    ``segment_size``: the log rolls over to a new segment file past this size; at each roll, if
+    the log holds at least as many dead bytes as live ones, the live state is rewritten as a
+    snapshot segment and the older segments are deleted. ``salvage=True`` skips corrupt records
+    (logging each) instead of raising :class:`~mqlite.CorruptStorage`.
+
+    One process at a time: the directory is locked with ``fcntl.flock``; a second opener, in this
+    or another process, gets :class:`~mqlite.StorageLocked` naming the holder's pid. Messages in
+    flight when the process died are ready again at the next open (that delivery counts as a
+    failed attempt, as a lease expiry would). Safe to call from many threads.
+    """
+
+    blocking_io: ClassVar[bool] = True
+    requires_bytes: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        durability: Durability = "full",
+        segment_size: int = 64 * MiB,
+        salvage: bool = False,
+    ) -> None:
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"directory must be a str or path, not {type(directory).__name__}")
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int):
+            raise TypeError(f"segment_size must be an int, not {type(segment_size).__name__}")
+        if segment_size < 1024:
+            raise ValueError(f"segment_size must be >= 1024 bytes, got {segment_size}")
+        self.path = os.path.abspath(os.fspath(directory))
+        self.durability: Durability = durability
+        self.segment_size = segment_size
+        self.salvage = bool(salvage)
+        self._full = durability == "full"
+        self._lock = threading.Lock()
+        self._sync_cv = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._index = Index()
+        self._fd = -1
+        self._segment = 0
+        self._seg_bytes = 0
+        self._sizes: dict[int, int] = {}
+        self._written = 0
+        self._synced = 0
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._snap_queue: QueueIndex | None = None
+        self._snap_count = 0
+        self.replayed_records = 0
+        self.compactions = 0
+        self._lock_fd = self._take_lock()
+        try:
+            self._load()
+        except BaseException:
+            self._release_files()
+            raise
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else " failed" if self._failed is not None else ""
+        return f"<FileStorage {self.path!r} durability={self.durability!r}{state}>"
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the storage directory {self.path!r}: {exc}") from exc
+        if not os.path.isdir(self.path):
+            raise StorageError(f"{self.path!r} is not a directory")
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file {lock_path!r}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StorageError(f"cannot lock {lock_path!r}: {exc}") from exc
+            who = f"process {holder}" + (" (this process)" if holder == str(os.getpid()) else "")
+            raise StorageLocked(
+                f"FileStorage {self.path!r} is in use by {who}; it serves one process and one opener at a time"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _release_files(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = -1
+
+    def _file(self, number: int) -> str:
+        return os.path.join(self.path, _log.segment_name(number))
+
+    def _load(self) -> None:
+        segments: list[int] = []
+        for name in os.listdir(self.path):
+            stem, dot, suffix = name.partition(".")
+            if "." + suffix == _log.TEMP_SUFFIX and len(stem) == 16:
+                log.info("mqlite: removing %s, left over from a compaction that did not finish", name)
+                os.unlink(os.path.join(self.path, name))
+            elif dot and "." + suffix == _log.SUFFIX and len(stem) == 16:
+                try:
+                    segments.append(int(stem, 16))
+                except ValueError:
+                    continue
+        segments.sort()
+        base = self._find_base(segments)
+        if base is not None and base != segments[0]:
+            for number in segments[: segments.index(base)]:
+                log.info("mqlite: removing %s, replaced by the snapshot in %s", self._file(number), self._file(base))
+                os.unlink(self._file(number))
+            segments = segments[segments.index(base) :]
+            self._fsync_dir()
+        if segments and base is None and segments[0] != 1 and not self.salvage:
+            raise CorruptStorage(
+                f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1 nor a "
+                "snapshot segment is there; open with salvage=True to load what is left"
+            )
+        for before, after in itertools.pairwise(segments):
+            if after != before + 1 and not self.salvage:
+                raise CorruptStorage(
+                    f"{self.path}: segment {_log.segment_name(before + 1)} is missing between "
+                    f"{_log.segment_name(before)} and {_log.segment_name(after)}"
+                )
+        last_kind = 0
+        for position, number in enumerate(segments):
+            last_kind = self._replay(number, newest=position == len(segments) - 1, last_kind=last_kind)
+        if segments:
+            self._segment = segments[-1]
+            self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
+            self._seg_bytes = self._sizes[self._segment]
+            self._fd = os.open(self._file(self._segment), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:
+            self._fd = self._create_segment(1)
+            self._segment = 1
+            self._sizes = {1: _log.HEADER_SIZE}
+            self._seg_bytes = _log.HEADER_SIZE
+        if last_kind not in (0, _log.CLOSE):
+            # The process stopped without close(): leases it handed out end now.
+            self._expire_leases()
+            end = self._append(_log.RECOVER, b"")
+            self._commit(end)
+
+    def _find_base(self, segments: list[int]) -> int | None:
+        """The newest segment that starts with a snapshot: the log begins there."""
+        for number in reversed(segments):
+            with open(self._file(number), "rb") as stream:
+                head = stream.read(_log.HEADER_SIZE + _log.FRAME_SIZE)
+            if len(head) == _log.HEADER_SIZE + _log.FRAME_SIZE and head[-1] == _log.SNAP_BEGIN:
+                return number
+        return None
+
+    def _replay(self, number: int, *, newest: bool, last_kind: int) -> int:
+        path = self._file(number)
+        with open(path, "rb") as stream:
+            data = stream.read()
+        try:
+            found = _log.check_header(data)
+            if found != number:
+                raise ValueError(f"its header says segment {found}")
+        except ValueError as exc:
+            if newest and len(data) < _log.HEADER_SIZE:
+                log.warning("mqlite: %s: incomplete file header (a crash while creating it); rewriting it", path)
+                with open(path, "wb") as stream:
+                    stream.write(_log.file_header(number))
+                    stream.flush()
+                    os.fdatasync(stream.fileno())
+                return last_kind
+            if self.salvage:
+                log.error("mqlite: %s: skipping the whole segment: %s", path, exc)
+                return last_kind
+            raise CorruptStorage(f"{path}: bad file header at offset 0: {exc}") from None
+        start = _log.HEADER_SIZE
+        apply = self._apply
+        while True:
+            stopped: _log.Bad | None = None
+            for item in _log.scan(data, start):
+                if isinstance(item, _log.Bad):
+                    stopped = item
+                    break
+                offset, kind, payload = item
+                try:
+                    apply(kind, payload)
+                except _Diverged as exc:
+                    if not self.salvage:
+                        raise CorruptStorage(
+                            f"{path}: {_log.NAMES[kind]} record at offset {offset}: replay diverged: {exc}"
+                        ) from None
+                    log.error(
+                        "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], offset, exc
+                    )
+                except (ValueError, KeyError, IndexError, TypeError, _log.CorruptRecord) as exc:
+                    if not self.salvage:
+                        raise CorruptStorage(
+                            f"{path}: {_log.NAMES[kind]} record at offset {offset} does not decode: {exc!r}"
+                        ) from None
+                    log.error("mqlite: %s: skipping %s record at offset %d: %r", path, _log.NAMES[kind], offset, exc)
+                    continue
+                last_kind = kind
+                self.replayed_records += 1
+            if stopped is None:
+                return last_kind
+            tail = data[stopped.offset :]
+            if newest and (stopped.runs_past_end or not tail.strip(b"\0")):
+                log.warning(
+                    "mqlite: %s: cutting off a torn tail of %d bytes at offset %d (%s)",
+                    path,
+                    len(tail),
+                    stopped.offset,
+                    stopped.why,
+                )
+                os.truncate(path, stopped.offset)
+                return last_kind
+            if not self.salvage:
+                raise CorruptStorage(
+                    f"{path}: corrupt record at offset {stopped.offset}: {stopped.why}; "
+                    "open with salvage=True to skip it and keep the rest"
+                )
+            resumed = _log.resync(data, stopped.offset)
+            log.error(
+                "mqlite: %s: skipping corrupt bytes %d..%d (%s)",
+                path,
+                stopped.offset,
+                len(data) if resumed is None else resumed,
+                stopped.why,
+            )
+            if resumed is None:
+                if newest:
+                    os.truncate(path, stopped.offset)
+                return last_kind
+            start = resumed
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def _apply(self, kind: int, buf: memoryview) -> None:
+        """Apply one record to the index, as the call that wrote it did."""
+        index = self._index
+        data = buf
+        if kind == _log.PUT:
+            put = _log.decode_put(data)
+            if put.first_id:
+                if put.first_id <= index.last_id:
+                    raise _Diverged(f"id {put.first_id} was already given")
+                index.last_id = put.first_id - 1
+            before = index.last_id
+            index.put(put.queue, put.envelopes, put.now, 0)
+            if bool(put.first_id) != (index.last_id > before):
+                raise _Diverged("the put stored another number of messages")
+        elif kind == _log.LEASE:
+            lease = _log.decode_lease(data)
+            if lease.ids:
+                index.last_token = lease.first_token - 1
+            taken = index.lease(lease.queue, lease.n, lease.now, lease.lease)
+            if tuple(m.id for m in taken) != lease.ids:
+                raise _Diverged(f"leased {[m.id for m in taken]}, recorded {list(lease.ids)}")
+        elif kind in (_log.ACK, _log.NACK, _log.RELEASE, _log.REJECT, _log.EXTEND):
+            settle = _log.decode_settle(data)
+            if kind == _log.ACK:
+                index.ack(settle.queue, settle.handles, settle.now)
+            elif kind == _log.NACK:
+                delay, error = _log.decode_nack_extra(data, settle.rest)
+                index.nack(settle.queue, settle.handles, settle.now, delay, error)
+            elif kind == _log.RELEASE:
+                index.release(settle.queue, settle.handles, settle.now)
+            elif kind == _log.REJECT:
+                reason, _ = _log.unpack_opt(data, settle.rest)
+                index.reject(settle.queue, settle.handles, settle.now, reason)
+            else:
+                index.extend(settle.queue, settle.handles, settle.now, _log.decode_float(data, settle.rest))
+        elif kind == _log.TICK:
+            now, queue = _log.decode_tick(data)
+            index.touch(queue, now)
+        elif kind == _log.SPEC:
+            spec, _ = _log.decode_spec(data)
+            index.open_queue(spec)
+        elif kind == _log.REDRIVE:
+            now, max_messages, moved, queue = _log.decode_redrive(data)
+            if index.redrive(queue, now, max_messages) != moved:
+                raise _Diverged(f"redrive moved another number of messages than {moved}")
+        elif kind == _log.PURGE:
+            now, removed, queue = _log.decode_purge(data)
+            if index.purge(queue, now) != removed:
+                raise _Diverged(f"purge removed another number of messages than {removed}")
+        elif kind == _log.RECOVER:
+            self._expire_leases()
+        elif kind == _log.SNAP_BEGIN:
+            last_id, last_token, _queues = _log.decode_snap_begin(data)
+            self._index = Index()
+            self._index.last_id, self._index.last_token = last_id, last_token
+            self._snap_queue = None
+            self._snap_count = 0
+        elif kind == _log.SNAP_QUEUE:
+            snap = _log.decode_snap_queue(data)
+            target = self._index.queue(snap.spec.name)
+            target.spec = snap.spec
+            target.dead_by_source = dict(snap.dead_by_source)
+            for key, mid, first_at in snap.dedup:
+                target.dedup[key] = (mid, first_at)
+                target.dedup_order.append((first_at, key))
+            self._snap_queue = target
+        elif kind == _log.SNAP_MSG:
+            if self._snap_queue is None:
+                raise _log.CorruptRecord("a snapshot message outside a snapshot queue")
+            _restore(self._snap_queue, _log.decode_snap_msg(data))
+            self._snap_count += 1
+        elif kind == _log.SNAP_END:
+            messages, _queues = _log.decode_snap_end(data)
+            if messages != self._snap_count:
+                raise _Diverged(f"the snapshot holds {self._snap_count} messages, not {messages}")
+            self._snap_queue = None
+        # CLOSE: nothing to apply; it only says the log ended cleanly.
+
+    def _expire_leases(self) -> None:
+        """End every running lease now: the next call on each queue fails those attempts."""
+        for queue in self._index.queues.values():
+            for entry in queue.entries.values():
+                if entry.state == IN_FLIGHT:
+                    entry.deadline = _EXPIRED
+                    heapq.heappush(queue.in_flight, (_EXPIRED, entry.id, entry.token))
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+        if self._failed is not None:
+            raise StorageError(
+                f"{self!r} failed writing its log ({self._failed}); close it and open the directory again"
+            ) from self._failed
+
+    def _fail(self, exc: BaseException, what: str) -> StorageError:
+        """Remember a write failure: the index may be ahead of the log, so refuse further calls."""
+        self._failed = exc
+        return StorageError(f"{self.path}: {what}: {exc}; the storage must be reopened")
+
+    def _append(self, kind: int, payload: bytes) -> int:
+        """Append one record (the caller holds ``_lock``); return the log position after it."""
+        data = _log.frame(kind, payload)
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._seg_bytes)
+            raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
+        self._seg_bytes += len(data)
+        self._sizes[self._segment] = self._seg_bytes
+        self._written += len(data)
+        end = self._written
+        if self._seg_bytes >= self.segment_size:
+            try:
+                self._roll()
+            except OSError as exc:
+                raise self._fail(exc, "cannot start a new segment") from exc
+        return end
+
+    def _commit(self, end: int) -> None:
+        """With durability "full", return once the log is on disk up to ``end`` (group commit:
+        one caller syncs for every caller waiting, others wait for it)."""
+        if not self._full:
+            return
+        cv = self._sync_cv
+        with cv:
+            while self._synced < end:
+                if self._syncing:
+                    cv.wait()
+                    continue
+                if self._failed is not None or self._fd < 0:
+                    raise StorageError(f"{self!r} could not make the record durable") from self._failed
+                self._syncing = True
+                fd, upto = self._fd, self._written
+                cv.release()
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    self._failed = exc
+                    raise StorageError(f"{self.path}: fdatasync failed: {exc}; the storage must be reopened") from exc
+                finally:
+                    cv.acquire()
+                    self._syncing = False
+                    cv.notify_all()
+                self._synced = max(self._synced, upto)
+
+    def _swap_fd(self, fd: int, *, synced: bool) -> None:
+        """Make ``fd`` the file appended to, closing the old one once no sync uses it."""
+        with self._sync_cv:
+            while self._syncing:
+                self._sync_cv.wait()
+            old = self._fd
+            if synced or not self._full:
+                pass
+            elif old >= 0:
+                os.fdatasync(old)
+            if old >= 0:
+                os.close(old)
+            self._fd = fd
+            if self._full:
+                self._synced = self._written
+            self._sync_cv.notify_all()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create_segment(self, number: int) -> int:
+        fd = os.open(self._file(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        _write_all(fd, _log.file_header(number))
+        if self._full:
+            os.fdatasync(fd)
+            self._fsync_dir()
+        return fd
+
+    def _roll(self) -> None:
+        """The current segment is full: start the next one, as a snapshot if that pays."""
+        live = self.live_bytes()
+        total = sum(self._sizes.values())
+        if total - live >= live:
+            self._compact_locked()
+            return
+        number = self._segment + 1
+        fd = self._create_segment(number)
+        self._swap_fd(fd, synced=False)
+        self._segment = number
+        self._seg_bytes = _log.HEADER_SIZE
+        self._sizes[number] = self._seg_bytes
+        self._written += _log.HEADER_SIZE
+        if self._full:
+            self._synced = max(self._synced, self._written)
+
+    # -- compaction --------------------------------------------------------------------------
+
+    def live_bytes(self) -> int:
+        """An estimate of the size of a snapshot of the current state, in bytes."""
+        total = 0
+        for queue in self._index.queues.values():
+            total += 64 + 2 * len(queue.spec.name) + sum(24 + len(key) for key in queue.dedup)
+            for entry in queue.entries.values():
+                body = entry.body
+                size = _ENTRY_OVERHEAD + (len(body) if isinstance(body, bytes) else 0)
+                if entry.group is not None:
+                    size += len(entry.group) + 4
+                if entry.headers:
+                    size += 8 + sum(len(k) + len(v) + 6 for k, v in entry.headers.items())
+                total += size
+        return total
+
+    def compact(self) -> None:
+        """Rewrite the live state as a snapshot segment and delete the older segments.
+
+        Crash-safe at every step: the snapshot is written to a temporary file, synced, renamed
+        into place and the directory synced before any old segment is deleted; an interrupted
+        compaction leaves either the old segments or the new snapshot as the log's start.
+        Called with the storage's lock held (the log rolls) or by users (then it takes it).
+        """
+        with self._lock:
+            self._usable()
+            try:
+                self._compact_locked()
+            except OSError as exc:
+                raise self._fail(exc, "compaction failed") from exc
+
+    def _compact_locked(self) -> None:
+        number = self._segment + 1
+        final_path = self._file(number)
+        temp_path = final_path[: -len(_log.SUFFIX)] + _log.TEMP_SUFFIX
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        size = 0
+        try:
+            chunks: list[bytes] = [_log.file_header(number)]
+            buffered = len(chunks[0])
+            for chunk in self._snapshot_records():
+                chunks.append(chunk)
+                buffered += len(chunk)
+                if buffered >= _WRITE_CHUNK:
+                    data = b"".join(chunks)
+                    _write_all(fd, data)
+                    size += len(data)
+                    chunks, buffered = [], 0
+            data = b"".join(chunks)
+            _write_all(fd, data)
+            size += len(data)
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp_path)
+            raise
+        os.close(fd)
+        os.rename(temp_path, final_path)
+        self._fsync_dir()
+        fd = os.open(final_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        old = sorted(self._sizes)
+        self._written += size
+        self._swap_fd(fd, synced=True)
+        self._segment = number
+        self._seg_bytes = size
+        self._sizes = {number: size}
+        for gone in old:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._file(gone))
+        self._fsync_dir()
+        self.compactions += 1
+
+    def _snapshot_records(self) -> Iterator[bytes]:
+        index = self._index
+        queues = [
+            queue
+            for queue in index.queues.values()
+            if queue.entries or queue.dedup or queue.dead_by_source or queue.spec != QueueSpec(queue.spec.name, None)
+        ]
+        frame = _log.frame
+        yield frame(_log.SNAP_BEGIN, _log.encode_snap_begin(index.last_id, index.last_token, len(queues)))
+        total = 0
+        for queue in queues:
+            dedup = sorted(((key, mid, first_at) for key, (mid, first_at) in queue.dedup.items()), key=lambda d: d[2])
+            yield frame(
+                _log.SNAP_QUEUE, _log.encode_snap_queue(queue.spec, queue.dead_by_source, dedup, len(queue.entries))
+            )
+            entries = queue.entries
+            for mid in sorted(entries):
+                entry = entries[mid]
+                body = entry.body
+                assert isinstance(body, bytes)
+                yield frame(
+                    _log.SNAP_MSG,
+                    _log.encode_snap_msg(
+                        mid,
+                        entry.state,
+                        entry.deadline,
+                        entry.enqueued_at,
+                        entry.attempts,
+                        entry.token,
+                        entry.priority,
+                        entry.group,
+                        entry.headers,
+                        body,
+                    ),
+                )
+            total += len(entries)
+        yield frame(_log.SNAP_END, _log.encode_snap_end(total, len(queues)))
+
+    # -- the Storage interface ---------------------------------------------------------------
+
+    def _tick(self, queue: str, now: float) -> None:
+        """Before a call applies time to ``queue``, log that (replay must apply it at this point,
+        before later records; e.g. an expired lease can move a message to another queue)."""
+        index = self._index.queues.get(queue)
+        if index is not None and (index.delayed or index.in_flight):
+            wakeup = index.next_wakeup()
+            if wakeup is not None and wakeup <= now:
+                self._append(_log.TICK, _log.encode_tick(queue, now))
+
+    def open_queue(self, spec: QueueSpec) -> None:
+        _validate.queue_name(spec.name)
+        if spec.dead_letter:
+            _validate.queue_name(spec.dead_letter, "dead_letter")
+        with self._lock:
+            self._usable()
+            known = self._index.queues.get(spec.name)
+            if known is not None and known.spec == spec:
+                return
+            self._index.open_queue(spec)
+            end = self._append(_log.SPEC, _log.encode_spec(spec))
+        self._commit(end)
+
+    def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
+        envelopes = [self._checked(envelope) for envelope in envelopes]
+        parts = _log.encode_envelopes(envelopes)
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            index = self._index
+            first = index.last_id + 1
+            ids = index.put(queue, envelopes, now, maxsize)
+            if ids is None:
+                return None
+            fresh = index.last_id >= first
+            end = self._append(_log.PUT, _log.encode_put(queue, now, first if fresh else 0, len(envelopes), parts))
+        self._commit(end)
+        return ids
+
+    @staticmethod
+    def _checked(envelope: Envelope) -> Envelope:
+        body = envelope.body
+        if type(body) is bytes:
+            return envelope
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            return envelope._replace(body=bytes(body))
+        raise TypeError(f"FileStorage stores bytes bodies, not {type(body).__name__} (use a serializer)")
+
+    def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            first_token = self._index.last_token + 1
+            taken = self._index.lease(queue, n, now, lease)
+            if taken:
+                self._append(_log.LEASE, _log.encode_lease(queue, now, lease, first_token, n, [m.id for m in taken]))
+        return taken
+
+    def _settle(
+        self,
+        kind: int,
+        queue: str,
+        handles: Sequence[Handle],
+        now: float,
+        call: Callable[[], list[Outcome]],
+        extra: bytes,
+    ) -> list[Outcome]:
+        handles = [(int(mid), int(token)) for mid, token in handles]
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            outcomes = call()
+            if Outcome.DONE not in outcomes:
+                return outcomes
+            end = self._append(kind, _log.encode_settle(queue, now, handles, extra))
+        if kind in _SYNCED_KINDS:
+            self._commit(end)
+        return outcomes
+
+    def ack(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        return self._settle(_log.ACK, queue, handles, now, lambda: self._index.ack(queue, handles, now), b"")
+
+    def nack(self, queue: str, handles: Sequence[Handle], now: float, delay: float, error: str | None) -> list[Outcome]:
+        return self._settle(
+            _log.NACK,
+            queue,
+            handles,
+            now,
+            lambda: self._index.nack(queue, handles, now, delay, error),
+            _log.encode_nack_extra(delay, error),
+        )
+
+    def release(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        return self._settle(_log.RELEASE, queue, handles, now, lambda: self._index.release(queue, handles, now), b"")
+
+    def reject(self, queue: str, handles: Sequence[Handle], now: float, reason: str | None) -> list[Outcome]:
+        return self._settle(
+            _log.REJECT,
+            queue,
+            handles,
+            now,
+            lambda: self._index.reject(queue, handles, now, reason),
+            _log.pack_opt(reason),
+        )
+
+    def extend(self, queue: str, handles: Sequence[Handle], now: float, seconds: float) -> list[Outcome]:
+        return self._settle(
+            _log.EXTEND,
+            queue,
+            handles,
+            now,
+            lambda: self._index.extend(queue, handles, now, seconds),
+            _log.encode_nack_extra(seconds, None)[:8],
+        )
+
+    def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            self._tick(self._index.queue(queue).spec.dead_letter_queue, now)
+            moved = self._index.redrive(queue, now, max_messages)
+            if not moved:
+                return 0
+            end = self._append(_log.REDRIVE, _log.encode_redrive(queue, now, max_messages, moved))
+        self._commit(end)
+        return moved
+
+    def purge(self, queue: str, now: float) -> int:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            removed = self._index.purge(queue, now)
+            if not removed:
+                return 0
+            end = self._append(_log.PURGE, _log.encode_purge(queue, now, removed))
+        self._commit(end)
+        return removed
+
+    def peek(self, queue: str, n: int, now: float) -> list[Leased]:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            return self._index.peek(queue, n, now)
+
+    def counts(self, queue: str, now: float) -> tuple[int, int, int]:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            return self._index.counts(queue, now)
+
+    def stats(self, queue: str, now: float) -> QueueStats:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            return self._index.stats(queue, now)
+
+    def next_wakeup(self, queue: str, now: float) -> float | None:
+        with self._lock:
+            self._usable()
+            self._tick(queue, now)
+            return self._index.next_wakeup(queue, now)
+
+    def close(self) -> None:
+        """Write a clean-shutdown record, sync, and unlock the directory. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._failed is None and self._fd >= 0:
+                    self._append(_log.CLOSE, b"")
+                    with self._sync_cv:
+                        while self._syncing:
+                            self._sync_cv.wait()
+                        os.fdatasync(self._fd)
+                        self._synced = self._written
+                        self._sync_cv.notify_all()
+            finally:
+                with self._sync_cv:
+                    while self._syncing:
+                        self._sync_cv.wait()
+                    self._release_files()
+                    self._sync_cv.notify_all()
+
+
+def _restore(queue: QueueIndex, msg: _log.SnapMsg) -> None:
+    """Put one snapshot message back into ``queue`` in the state it was in.
+
+    ``adopt`` inserts it ready (with its group bookkeeping); a delayed or in-flight message then
+    leaves ready as the index itself would move it. Messages arrive in id order.
+    """
+    headers = msg.headers or {}
+    old = Entry(msg.id, msg.body, msg.priority, msg.group, headers, msg.enqueued_at, 0, msg.enqueued_at, msg.attempts)
+    queue.adopt(old, headers, msg.attempts)
+    entry = queue.entries[msg.id]
+    if msg.state == DELAYED:
+        entry.state = DELAYED
+        entry.deadline = msg.deadline
+        queue.n_ready -= 1
+        queue.n_delayed += 1
+        heapq.heappush(queue.delayed, (msg.deadline, msg.id))
+    elif msg.state == IN_FLIGHT:
+        entry.state = IN_FLIGHT
+        entry.deadline = msg.deadline
+        queue.n_ready -= 1
+        queue.n_in_flight += 1
+        heapq.heappush(queue.in_flight, (msg.deadline, msg.id, msg.token))
+        if msg.group is not None:
+            queue.groups[msg.group].busy = msg.id
+    entry.token = msg.token  # a lease that ended keeps its token (late ack, reject) until the next delivery
+
+
+def from_url(rest: str) -> FileStorage:
+    """``file://`` URLs: ``file:///abs/dir`` (absolute), ``file://rel/dir`` (relative to the
+    working directory), with optional ``?durability=normal&segment_size=N&salvage=1``."""
+    path, _, query = rest.partition("?")
+    if not path:
+        raise ValueError("file:// URL needs a directory, e.g. 'file:///var/lib/app/mq' or 'file://mq'")
+    if path.startswith("/"):
+        path = "/" + path.lstrip("/")
+    options: dict[str, str] = {}
+    for item in query.split("&") if query else []:
+        key, equals, value = item.partition("=")
+        if not equals or key not in ("durability", "segment_size", "salvage"):
+            raise ValueError(f"file:// URL option {item!r} is not one of durability=, segment_size=, salvage=")
+        options[key] = value
+    durability = options.get("durability", "full")
+    if durability not in ("full", "normal"):
+        raise ValueError(f"file:// URL option durability must be 'full' or 'normal', got {durability!r}")
+    try:
+        segment_size = int(options.get("segment_size", 64 * MiB))
+    except ValueError:
+        raise ValueError(f"file:// URL option segment_size must be an int, got {options['segment_size']!r}") from None
+    salvage = options.get("salvage", "0").lower() in ("1", "true", "yes")
+    return FileStorage(path, durability=durability, segment_size=segment_size, salvage=salvage)  # type: ignore[arg-type]
