@@ -35,7 +35,12 @@ from ._producer import Producer as Producer
 from ._queue import Queue as Queue
 from ._urls import open_storage as open_storage
 from .serializers import Serializer as Serializer
-from .storage import MemoryStorage as MemoryStorage, QueueStats as QueueStats, Storage as Storage
+from .storage import (
+    FileStorage as FileStorage,
+    MemoryStorage as MemoryStorage,
+    QueueStats as QueueStats,
+    Storage as Storage,
+)
 
 __version__ = "0.1.0"
 
@@ -44,6 +49,7 @@ __all__ = [
     "CorruptStorage",
     "Empty",
     "Error",
+    "FileStorage",
     "Full",
     "LeaseLost",
     "MemoryStorage",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .storage.base import Storage
+from .storage.file import from_url as _file_url
 from .storage.memory import MemoryStorage
 
 __all__ = ["open_storage", "register_scheme"]
@@ -25,6 +26,7 @@ def _memory(rest: str) -> Storage:
 
 
 register_scheme("memory", _memory)
+register_scheme("file", _file_url)
 
 
 def open_storage(url: str) -> Storage:

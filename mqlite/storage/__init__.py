@@ -1,7 +1,8 @@
 """Storages and the interface they implement.
 
 :class:`Storage` is the interface (see ``docs/storages.md`` for writing one);
-:class:`MemoryStorage` is the in-process storage. Every storage is checked by the conformance
+:class:`MemoryStorage` is the in-process storage; :class:`FileStorage` keeps queues in an
+append-only log in a directory. Every storage is checked by the conformance
 suite in :mod:`mqlite.testing`.
 """
 
@@ -20,6 +21,7 @@ from .base import (
     QueueStats as QueueStats,
     Storage as Storage,
 )
+from .file import FileStorage as FileStorage
 from .memory import MemoryStorage as MemoryStorage
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "DEATH_QUEUE",
     "DEATH_REASON",
     "Envelope",
+    "FileStorage",
     "Handle",
     "Leased",
     "MemoryStorage",
