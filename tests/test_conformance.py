@@ -9,7 +9,16 @@ import pytest
 from hypothesis import settings
 
 from mqlite import MemoryStorage
-from mqlite.storage import DEATH_ATTEMPTS, DEATH_DETAIL, DEATH_QUEUE, DEATH_REASON, Envelope, Outcome, QueueSpec
+from mqlite.storage import (
+    DEATH_ATTEMPTS,
+    DEATH_DETAIL,
+    DEATH_QUEUE,
+    DEATH_REASON,
+    Envelope,
+    Outcome,
+    QueueSpec,
+    Storage,
+)
 from mqlite.testing import FakeClock, ReferenceModel, StorageConformance, make_conformance_test
 
 TestMemoryStorageConformance = make_conformance_test(
@@ -180,9 +189,52 @@ def test_regression_dead_letter_dying_again_leaves_stats_dead():
     max_attempts=1 there) went on counting in ``stats('b').dead``; the index now forgets it."""
     _replay(
         ("open_queues", {"a": None, "b": None, "b_dead_letter": "dlq", "dead": 1}),
-        ("put", {"dt": 0.0, "maxsize": 0, "options": [(0, None, None, None, 0.0)], "queue": "b"}),
-        ("process", {"amount": 0.0, "dt": 0.0, "n": 1, "queue": "b", "seconds": 0.5, "text": None, "verb": "reject"}),
+        ("put_one", {"dt": 0.0, "edge": None, "option": (0, None, None, None, 0.0), "queue": "b"}),
+        (
+            "process",
+            {"amount": 0.0, "when": "now", "n": 1, "queue": "b", "seconds": 0.5, "text": None, "verb": "reject"},
+        ),
         ("lease", {"dt": 0.0, "n": 1, "queue": "dlq", "seconds": 0.5}),
-        ("advance", {"seconds": 0.5}),
-        ("advance", {"seconds": 0.5}),
+        ("advance", {"seconds": 0.5, "queue": "a"}),
+        ("advance", {"seconds": 0.5, "queue": "a"}),
     )
+
+
+class _Reopenable(Storage):
+    """A memory storage that 'persists' across close/reopen, to exercise the kit's reopen rule."""
+
+    blocking_io = False
+    requires_bytes = False
+
+    def __init__(self, inner=None):
+        self.inner = inner if inner is not None else MemoryStorage()
+        self.closed = False
+
+    def __getattribute__(self, name):
+        if name in _STORAGE_CALLS:
+            assert not object.__getattribute__(self, "closed"), f"{name} called on a closed storage"
+            return getattr(object.__getattribute__(self, "inner"), name)
+        return object.__getattribute__(self, name)
+
+    def close(self):
+        self.closed = True
+
+
+_STORAGE_CALLS = set(Storage.__abstractmethods__)
+for _name in _STORAGE_CALLS:  # satisfy the ABC; __getattribute__ routes the calls to ``inner``
+    setattr(_Reopenable, _name, lambda self, *args: None)
+_Reopenable.__abstractmethods__ = frozenset()
+
+TestReopenableConformance = make_conformance_test(
+    _Reopenable,
+    persistent=True,
+    reopen=lambda old: _Reopenable(old.inner),
+    settings=settings(max_examples=50, stateful_step_count=50, deadline=None),
+)
+
+
+def test_make_conformance_test_checks_its_arguments():
+    with pytest.raises(ValueError, match="reopen"):
+        make_conformance_test(MemoryStorage, persistent=True)
+    with pytest.raises(ValueError, match="persistent"):
+        make_conformance_test(MemoryStorage, reopen=lambda old: old)

@@ -34,7 +34,6 @@ SOURCES = ("a", "b")
 """The queues the machine opens at the start."""
 NAMES = ("a", "a", "a", "b", "b", "a.dead", "b.dead", "dlq")
 """Where producers and consumers call, weighted towards the two main queues."""
-OPENABLE = ("a", "b", "a.dead", "b.dead", "dlq")
 DEDUP_WINDOW = {"b": 5.0}
 """Per-queue dedup window (fixed per name; 300 elsewhere), so windows also run out."""
 
@@ -215,23 +214,13 @@ class StorageConformance(RuleBasedStateMachine):
             self._open(QueueSpec(b_dead_letter or "b.dead", dead))
 
     @rule(
-        name=st.sampled_from(OPENABLE),
-        max_attempts=_max_attempts,
-        shared=st.booleans(),
-    )
-    def open_queue(self, name: str, max_attempts: int | None, shared: bool) -> None:
-        """(Re)declare a queue, dead-letter queues included, with new settings."""
-        dead_letter = "dlq" if shared and name in SOURCES else ""
-        self._open(QueueSpec(name, max_attempts, dead_letter, DEDUP_WINDOW.get(name, 300.0)))
-
-    @rule(
         queue=st.sampled_from(NAMES),
-        options=st.lists(_envelope_options, min_size=1, max_size=4),
+        options=st.lists(_envelope_options, min_size=2, max_size=5),
         maxsize=st.sampled_from([0, 0, 0, 0, 0, 2, 5, 10]),
         dt=_pre,
     )
-    def put(self, queue: str, options: list[tuple[Any, ...]], maxsize: int, dt: float) -> None:
-        """Put a batch (one envelope is ``put``, several are ``put_many``)."""
+    def put_many(self, queue: str, options: list[tuple[Any, ...]], maxsize: int, dt: float) -> None:
+        """Put a batch (``put_many``), all or nothing, maybe bounded by ``maxsize``."""
         envelopes = []
         for priority, group, dedup_key, headers, delay in options:
             self.bodies += 1
@@ -240,20 +229,23 @@ class StorageConformance(RuleBasedStateMachine):
 
     @rule(
         queue=st.sampled_from(NAMES),
-        key=st.sampled_from(["k1", "k2"]),
-        edge=st.sampled_from([-0.5, 0.0, 0.0, 0.5]),
+        option=_envelope_options,
+        edge=st.sampled_from([None, None, None, -0.5, 0.0, 0.5]),
         dt=_pre,
     )
-    def put_at_window_edge(self, queue: str, key: str, edge: float, dt: float) -> None:
-        """Put a dedup key again just before, at, or just after the end of its window."""
+    def put_one(self, queue: str, option: tuple[Any, ...], edge: float | None, dt: float) -> None:
+        """Put one message. With ``edge`` and a dedup key seen before, first move the clock to
+        just before, exactly at, or just after the end of that key's dedup window."""
+        priority, group, dedup_key, headers, delay = option
         known = self.model.queues.get(queue)
-        first = known.dedup.get(key) if known is not None else None
-        if first is not None and type(self).time_per_queue:
-            edge_time = first[1] + known.spec.dedup_window + edge  # type: ignore[union-attr]
+        first = known.dedup.get(dedup_key) if known is not None and dedup_key is not None else None
+        if edge is not None and first is not None and known is not None and type(self).time_per_queue:
+            edge_time = first[1] + known.spec.dedup_window + edge
             if edge_time > self.clock():
                 self.clock.set(edge_time)
         self.bodies += 1
-        self._put(queue, [Envelope(b"m%d" % self.bodies, dedup_key=key)], 0, self._tick(dt))
+        envelope = Envelope(b"m%d" % self.bodies, priority, group, dedup_key, headers, delay)
+        self._put(queue, [envelope], 0, self._tick(dt))
 
     def _put(self, queue: str, envelopes: list[Envelope], maxsize: int, now: float) -> None:
         want = self.model.put(queue, envelopes, now, maxsize)
@@ -313,37 +305,45 @@ class StorageConformance(RuleBasedStateMachine):
         ``amount`` is the nack delay or the extend seconds; ``text`` the error or reason."""
         self._settle(verb, held, amount, text, dt)
 
-    @rule(seconds=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0, 1000.0]))
-    def advance(self, seconds: float) -> None:
-        """Let time pass: delays run out, leases end, dedup windows close."""
-        self.clock.advance(seconds)
-
-    @rule(queue=st.sampled_from(NAMES))
-    def advance_to_next_wakeup(self, queue: str) -> None:
-        """Move the clock exactly to the queue's next delay or lease end: the boundary case."""
+    @rule(
+        seconds=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 100.0, 1000.0, None, None]),
+        queue=st.sampled_from(NAMES),
+    )
+    def advance(self, seconds: float | None, queue: str) -> None:
+        """Let time pass: delays run out, leases end, dedup windows close. With ``seconds=None``,
+        move exactly to the queue's next delay or lease end (the boundary case)."""
+        if seconds is not None:
+            self.clock.advance(seconds)
+            return
         wakeup = self.model.next_wakeup(queue, self.clock())
         if wakeup is not None:
             self.clock.set(wakeup)
 
     @rule(
-        queue=st.sampled_from(["a", "a", "b", "b", "a.dead", "dlq"]),
+        action=st.sampled_from(["redrive", "redrive", "purge", "open"]),
+        queue=st.sampled_from(NAMES),
         max_messages=st.sampled_from([None, 1, 2, 5]),
+        max_attempts=_max_attempts,
+        shared=st.booleans(),
         dt=_pre,
     )
-    def redrive(self, queue: str, max_messages: int | None, dt: float) -> None:
-        """Move dead letters back to the queue they died in."""
+    def manage(
+        self, action: str, queue: str, max_messages: int | None, max_attempts: int | None, shared: bool, dt: float
+    ) -> None:
+        """Administration: redrive dead letters back to ``queue``, purge it, or (re)declare it with
+        new settings (dead-letter queues too; a or b may share the dead-letter queue ``dlq``)."""
+        if action == "open":
+            dead_letter = "dlq" if shared and queue in SOURCES else ""
+            self._open(QueueSpec(queue, max_attempts, dead_letter, DEDUP_WINDOW.get(queue, 300.0)))
+            return
         now = self._tick(dt)
-        want = self.model.redrive(queue, now, max_messages)
-        got = self.storage.redrive(queue, now, max_messages)
-        assert got == want, f"redrive({queue!r}, {max_messages}): storage {got}, model {want}"
-
-    @rule(queue=st.sampled_from(NAMES), dt=_pre)
-    def purge(self, queue: str, dt: float) -> None:
-        """Delete every ready and delayed message of a queue."""
-        now = self._tick(dt)
-        want = self.model.purge(queue, now)
-        got = self.storage.purge(queue, now)
-        assert got == want, f"purge({queue!r}): storage {got}, model {want}"
+        if action == "redrive":
+            want = self.model.redrive(queue, now, max_messages)
+            got = self.storage.redrive(queue, now, max_messages)
+        else:
+            want = self.model.purge(queue, now)
+            got = self.storage.purge(queue, now)
+        assert got == want, f"{action}({queue!r}) at {now}: storage {got}, model {want}"
 
     @rule(queue=st.sampled_from(NAMES), n=st.integers(1, 4), verb=_verbs, dt=_pre)
     def peek(self, queue: str, n: int, verb: str, dt: float) -> None:
