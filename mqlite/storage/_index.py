@@ -221,6 +221,19 @@ class QueueIndex:
 
     def put(self, envelopes: Sequence[Envelope], now: float, maxsize: int, storage: Index) -> list[int] | None:
         """See :meth:`Storage.put`; ids come from ``storage.take_ids``."""
+        if len(envelopes) == 1 and not self.dedup:
+            envelope = envelopes[0]
+            if envelope.dedup_key is None and envelope.group is None and envelope.delay <= 0.0:
+                # the common put: one ready message, no group, no dedup bookkeeping to do
+                if maxsize and self.n_ready + self.n_delayed >= maxsize:
+                    return None
+                mid = storage.take_ids(1)
+                entry = Entry(mid, envelope.body, envelope.priority, None, envelope.headers or _EMPTY_HEADERS,
+                              now, READY, now)  # fmt: skip
+                self.entries[mid] = entry
+                self.n_ready += 1
+                self._push_eligible(entry)
+                return [mid]
         window = self.spec.dedup_window
         dedup = self.dedup
         if dedup:
@@ -309,7 +322,10 @@ class QueueIndex:
                 if entry is None:
                     continue
                 entry.queued = False
-                if not self._is_eligible(entry):
+                if entry.group is None:
+                    if entry.state != READY:
+                        continue
+                elif not self._is_eligible(entry):
                     continue
                 entry.state = IN_FLIGHT
                 entry.attempts += 1
@@ -418,7 +434,22 @@ class QueueIndex:
         else:
             self.n_delayed -= 1
         self._remove(entry)
+        if running:
+            self._trim_in_flight()
         return Outcome.DONE
+
+    def _trim_in_flight(self) -> None:
+        """Drop settled leases from the top of the in-flight heap, so it holds about as many
+        items as there are messages in flight instead of every lease of the last ``lease``
+        seconds (FIFO consumers ack the oldest lease first, which is the top)."""
+        in_flight = self.in_flight
+        entries = self.entries
+        while in_flight:
+            expires_at, mid, token = in_flight[0]
+            entry = entries.get(mid)
+            if entry is not None and entry.state == IN_FLIGHT and entry.token == token and entry.deadline == expires_at:
+                return
+            heapq.heappop(in_flight)
 
     def reject_one(self, entry: Entry, reason: str | None, storage: Index) -> Outcome:
         """Reject: like ack, but the message goes to the dead-letter queue."""
@@ -553,6 +584,21 @@ class Index:
 
     def ack(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
         index = self.touch(queue, now)
+        if len(handles) == 1:  # the common case: one plain message, its lease running
+            mid, token = handles[0]
+            entry = index.entries.get(mid)
+            if (
+                entry is not None
+                and token
+                and entry.token == token
+                and entry.state == IN_FLIGHT
+                and entry.group is None
+                and not entry.headers
+            ):
+                index.n_in_flight -= 1
+                del index.entries[mid]
+                index._trim_in_flight()
+                return [Outcome.DONE]
 
         def apply(entry: Entry, running: bool) -> Outcome:
             source = entry.headers.get(DEATH_QUEUE) if entry.headers else None

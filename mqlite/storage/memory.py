@@ -44,67 +44,80 @@ class MemoryStorage(Storage):
 
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.put(queue, envelopes, now, maxsize)
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.lease(queue, n, now, lease)
 
     def ack(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.ack(queue, handles, now)
 
     def nack(self, queue: str, handles: Sequence[Handle], now: float, delay: float, error: str | None) -> list[Outcome]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.nack(queue, handles, now, delay, error)
 
     def release(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.release(queue, handles, now)
 
     def reject(self, queue: str, handles: Sequence[Handle], now: float, reason: str | None) -> list[Outcome]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.reject(queue, handles, now, reason)
 
     def extend(self, queue: str, handles: Sequence[Handle], now: float, seconds: float) -> list[Outcome]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.extend(queue, handles, now, seconds)
 
     def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.redrive(queue, now, max_messages)
 
     def purge(self, queue: str, now: float) -> int:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.purge(queue, now)
 
     def peek(self, queue: str, n: int, now: float) -> list[Leased]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.peek(queue, n, now)
 
     def counts(self, queue: str, now: float) -> tuple[int, int, int]:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.counts(queue, now)
 
     def stats(self, queue: str, now: float) -> QueueStats:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.stats(queue, now)
 
     def next_wakeup(self, queue: str, now: float) -> float | None:
         with self._lock:
-            self._check()
+            if self._closed:
+                self._check()
             return self._index.next_wakeup(queue, now)
 
     def close(self) -> None:
