@@ -85,13 +85,12 @@ _REDRIVE = struct.Struct("<dqI")  # now, max_messages (-1: None), moved
 _PURGE = struct.Struct("<dI")  # now, removed
 _SPEC = struct.Struct("<qd")  # max_attempts (-1: None), dedup_window
 _SNAP_BEGIN = struct.Struct("<QQI")  # last id, last token, queue count
-_SNAP_MSG = struct.Struct("<QBddIQiB")  # id, state, deadline, enqueued_at, attempts, token, priority, flags
 _SNAP_END = struct.Struct("<QI")  # message count, queue count
 
 F_GROUP: Final = 1
 F_DEDUP: Final = 2
 F_HEADERS: Final = 4
-F_BODY: Final = 8  # SNAP_MSG only: always set (reserved for bodies stored elsewhere)
+F_BODY: Final = 8  # SNAP_MSG only: always set (reserved: bodies stored elsewhere)
 
 
 class CorruptRecord(Exception):
@@ -257,6 +256,10 @@ class Put(NamedTuple):
     first_id: int
     queue: str
     envelopes: list[Envelope]
+
+
+PUT_HEAD = _PUT_HEAD
+ENVELOPE = _ENVELOPE
 
 
 def decode_put(buf: Buf) -> Put:
@@ -425,29 +428,10 @@ def decode_snap_queue(buf: Buf) -> SnapQueue:
     return SnapQueue(spec, dead, dedup, messages)
 
 
-def encode_snap_msg(
-    mid: int,
-    state: int,
-    deadline: float,
-    enqueued_at: float,
-    attempts: int,
-    token: int,
-    priority: int,
-    group: str | None,
-    headers: Mapping[str, str],
-    body: bytes,
-) -> bytes:
-    flags = F_BODY
-    parts = [b""]
-    if group is not None:
-        flags |= F_GROUP
-        parts.append(pack_str(group))
-    if headers:
-        flags |= F_HEADERS
-        parts.append(pack_headers(headers))
-    parts[0] = _SNAP_MSG.pack(mid, state, deadline, enqueued_at, attempts, token, priority, flags)
-    parts.append(body)
-    return b"".join(parts)
+SNAP_BATCH: Final = 4096
+"""Messages per SNAP_MSG record."""
+_SNAP_ITEM = struct.Struct("<QBddIQiBII")
+# id, state, deadline, enqueued_at, attempts, token, priority, flags, strings length, body length
 
 
 class SnapMsg(NamedTuple):
@@ -459,20 +443,84 @@ class SnapMsg(NamedTuple):
     token: int
     priority: int
     group: str | None
-    headers: dict[str, str] | None
+    headers: Mapping[str, str] | None
     body: bytes
 
 
-def decode_snap_msg(buf: Buf) -> SnapMsg:
-    mid, state, deadline, enqueued_at, attempts, token, priority, flags = _SNAP_MSG.unpack_from(buf, 0)
-    pos = _SNAP_MSG.size
-    group: str | None = None
-    headers: dict[str, str] | None = None
-    if flags & F_GROUP:
-        group, pos = unpack_str(buf, pos)
-    if flags & F_HEADERS:
-        headers, pos = unpack_headers(buf, pos)
-    return SnapMsg(mid, state, deadline, enqueued_at, attempts, token, priority, group, headers, bytes(buf[pos:]))
+def encode_snap_msgs(messages: Sequence[SnapMsg]) -> bytes:
+    """A batch of messages: a count, the fixed-size fields of each, then each one's strings and body."""
+    fixed: list[bytes] = [_U32.pack(len(messages))]
+    tails: list[bytes] = []
+    pack = _SNAP_ITEM.pack
+    for m in messages:
+        flags = F_BODY
+        strings = b""
+        if m.group is not None:
+            flags |= F_GROUP
+            strings += pack_str(m.group)
+        if m.headers:
+            flags |= F_HEADERS
+            strings += pack_headers(m.headers)
+        fixed.append(
+            pack(
+                m.id,
+                m.state,
+                m.deadline,
+                m.enqueued_at,
+                m.attempts,
+                m.token,
+                m.priority,
+                flags,
+                len(strings),
+                len(m.body),
+            )
+        )
+        if strings:
+            tails.append(strings)
+        tails.append(m.body)
+    return b"".join(fixed) + b"".join(tails)
+
+
+SnapTuple = tuple[int, int, float, float, int, int, int, "str | None", "Mapping[str, str] | None", bytes]
+
+
+def decode_snap_msgs(buf: Buf) -> Iterator[SnapTuple]:
+    """The messages of a SNAP_MSG record, as plain tuples in :class:`SnapMsg` field order."""
+    (count,) = _U32.unpack_from(buf, 0)
+    pos = 4 + count * _SNAP_ITEM.size
+    if pos > len(buf):
+        raise CorruptRecord("snapshot batch is shorter than its count says")
+    data = bytes(buf)
+    for (
+        mid,
+        state,
+        deadline,
+        enqueued_at,
+        attempts,
+        token,
+        priority,
+        flags,
+        strings,
+        body_len,
+    ) in _SNAP_ITEM.iter_unpack(data[4:pos]):
+        if strings:
+            group: str | None = None
+            headers: Mapping[str, str] | None = None
+            at = pos
+            if flags & F_GROUP:
+                group, at = unpack_str(data, at)
+            if flags & F_HEADERS:
+                headers, at = unpack_headers(data, at)
+            if at != pos + strings:
+                raise CorruptRecord("snapshot message strings have the wrong length")
+            end = at + body_len
+            yield mid, state, deadline, enqueued_at, attempts, token, priority, group, headers, data[at:end]
+        else:
+            end = pos + body_len
+            yield mid, state, deadline, enqueued_at, attempts, token, priority, None, None, data[pos:end]
+        pos = end
+    if pos != len(data):
+        raise CorruptRecord("snapshot batch has the wrong length")
 
 
 def encode_snap_end(messages: int, queues: int) -> bytes:
