@@ -39,6 +39,7 @@ from .storage import (
     FileStorage as FileStorage,
     MemoryStorage as MemoryStorage,
     QueueStats as QueueStats,
+    SQLiteStorage as SQLiteStorage,
     Storage as Storage,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "Queue",
     "QueueClosed",
     "QueueStats",
+    "SQLiteStorage",
     "SerializationError",
     "Serializer",
     "Storage",

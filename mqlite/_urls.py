@@ -7,6 +7,7 @@ from collections.abc import Callable
 from .storage.base import Storage
 from .storage.file import from_url as _file_url
 from .storage.memory import MemoryStorage
+from .storage.sqlite import from_url as _sqlite_url
 
 __all__ = ["open_storage", "register_scheme"]
 
@@ -27,6 +28,7 @@ def _memory(rest: str) -> Storage:
 
 register_scheme("memory", _memory)
 register_scheme("file", _file_url)
+register_scheme("sqlite", _sqlite_url)
 
 
 def open_storage(url: str) -> Storage:

@@ -25,6 +25,7 @@ DESIGN_NAMES = {
     "QueueStats",
     "Storage",
     "MemoryStorage",
+    "SQLiteStorage",
     "open_storage",
     "serializers",
     "Error",

@@ -23,6 +23,7 @@ from .base import (
 )
 from .file import FileStorage as FileStorage
 from .memory import MemoryStorage as MemoryStorage
+from .sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
     "DEATH_ATTEMPTS",
@@ -37,5 +38,6 @@ __all__ = [
     "Outcome",
     "QueueSpec",
     "QueueStats",
+    "SQLiteStorage",
     "Storage",
 ]

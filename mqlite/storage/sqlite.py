@@ -1,0 +1,986 @@
+"""``SQLiteStorage``: queues in one SQLite database file, shared by threads and processes.
+
+Layout (schema version 1, ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as
+mqlite's):
+
+* ``mq_queues``: one row per queue: its number (``qid``) and the settings of its
+  :class:`QueueSpec`, so every process applies the same max_attempts, dead-letter queue and
+  dedup window.
+* ``mq_messages``: every unsettled message of every queue, one row each, keyed by its id.
+  ``state`` is 0 ready, 1 delayed, 2 in flight; ``deadline`` is ready_at when delayed and the
+  lease's end in flight; ``token`` counts the deliveries the message ever had (plus one burnt
+  value each time it dies or is redriven), so ``(id, token)`` names one delivery and never
+  comes back. ``dead_from`` is the queue a dead letter died in. Acked rows are deleted.
+* ``mq_dedup``: ``(qid, dedup_key) -> (id, first put time)``.
+* ``mq_counter``: the last id given, so ids never repeat even after the newest row is acked.
+
+Every call runs in one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the
+queue it names (due delays become ready, ended leases fail their attempt) and then does its
+work; a lease is one ``UPDATE ... RETURNING`` whose subquery picks the eligible rows in delivery
+order. Calls from many threads of one process are *combined*: whoever arrives while another
+caller's transaction runs waits, and the next transaction carries every waiting call at once,
+each inside its own ``SAVEPOINT`` (a failing call rolls back alone) - one commit, one fsync for
+all of them (group commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Final, final
+
+from .._errors import StorageError, StorageLocked
+from .base import (
+    DEATH_ATTEMPTS,
+    DEATH_DETAIL,
+    DEATH_HEADERS,
+    DEATH_QUEUE,
+    DEATH_REASON,
+    Envelope,
+    Handle,
+    Leased,
+    Outcome,
+    QueueSpec,
+    QueueStats,
+    Storage,
+)
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage", "from_url"]
+
+SCHEMA_VERSION: Final = 1
+"""The schema this code writes (``PRAGMA user_version``)."""
+APPLICATION_ID: Final = 0x6D714C74
+"""``PRAGMA application_id`` of an mqlite database ("mqLt")."""
+
+READY: Final = 0
+DELAYED: Final = 1
+IN_FLIGHT: Final = 2
+
+_SCHEMA: Final = (
+    "CREATE TABLE mq_queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_attempts INTEGER,"
+    " dead_letter TEXT NOT NULL DEFAULT '', dedup_window REAL NOT NULL DEFAULT 300.0)",
+    "CREATE TABLE mq_counter (k INTEGER PRIMARY KEY CHECK (k = 0), last_id INTEGER NOT NULL)",
+    "INSERT INTO mq_counter VALUES (0, 0)",
+    "CREATE TABLE mq_messages (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, state INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL, grp TEXT, deadline REAL NOT NULL, attempts INTEGER NOT NULL,"
+    " token INTEGER NOT NULL, enqueued_at REAL NOT NULL, headers TEXT, dead_from TEXT, body BLOB NOT NULL)",
+    # The claim: ready rows of one queue in delivery order (priority desc, id asc).
+    "CREATE INDEX mq_ready ON mq_messages (qid, priority DESC, id) WHERE state = 0",
+    # Applying time and next_wakeup: delayed and in-flight rows by deadline.
+    "CREATE INDEX mq_due ON mq_messages (qid, state, deadline) WHERE state > 0",
+    # Group heads: the lowest id of a group; and whether a group has a message in flight.
+    "CREATE INDEX mq_group ON mq_messages (qid, grp, id) WHERE grp IS NOT NULL",
+    "CREATE INDEX mq_busy ON mq_messages (qid, grp) WHERE state = 2 AND grp IS NOT NULL",
+    # Dead letters by the queue they died in (stats().dead, redrive).
+    "CREATE INDEX mq_dead ON mq_messages (qid, dead_from, id) WHERE dead_from IS NOT NULL",
+    "CREATE TABLE mq_dedup (qid INTEGER NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL,"
+    " first_at REAL NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID",
+)
+
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {}
+"""Statements taking the schema from version ``v`` to ``v + 1``, run at open in one transaction.
+Version 1 is the first; a later version adds ``_UPGRADES[1] = (...)`` and bumps SCHEMA_VERSION."""
+
+_CLAIM: Final = """
+UPDATE mq_messages SET state = 2, attempts = attempts + 1, token = token + 1, deadline = ?1
+WHERE id IN (
+    SELECT m.id FROM mq_messages AS m
+    WHERE m.qid = ?2 AND m.state = 0
+      AND (m.grp IS NULL OR (
+            m.id = (SELECT min(g.id) FROM mq_messages AS g WHERE g.qid = ?2 AND g.grp = m.grp)
+            AND NOT EXISTS (SELECT 1 FROM mq_messages AS f WHERE f.qid = ?2 AND f.grp = m.grp AND f.state = 2)))
+    ORDER BY m.priority DESC, m.id
+    LIMIT ?3)
+RETURNING id, token, body, attempts, enqueued_at, priority, grp, headers
+"""
+_INSERT: Final = (
+    "INSERT INTO mq_messages (id, qid, state, priority, grp, deadline, attempts, token, enqueued_at, headers, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
+)
+_PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
+_PEEK: Final = f"""
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY priority DESC, id LIMIT ?2)
+UNION ALL
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0
+               ORDER BY priority DESC, id LIMIT ?2)
+UNION ALL
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0
+               ORDER BY priority DESC, id LIMIT ?2)
+"""
+_COUNTS: Final = """
+SELECT (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 0),
+       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0),
+       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0)
+"""
+_NEXT_DEADLINE: Final = """
+SELECT min(d) FROM (
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0
+    UNION ALL
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0)
+"""
+
+_EMPTY_HEADERS: Mapping[str, str] = {}
+_DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
+_MISS: Final = object()
+_VACUUM_EVERY: Final = 256  # write commits between free-page checks
+_VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
+
+_abandoned: list[sqlite3.Connection] = []
+"""Connections inherited across fork: never used nor closed in the child (closing could act on
+the parent's WAL), only kept referenced so they are not closed by garbage collection."""
+_live: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for storage in list(_live):
+        storage._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _dumps_headers(headers: Mapping[str, str] | None) -> str | None:
+    return json.dumps(dict(headers), separators=(",", ":")) if headers else None
+
+
+def _loads_headers(text: str | None) -> Mapping[str, str]:
+    if not text:
+        return _EMPTY_HEADERS
+    headers: dict[str, str] = json.loads(text)
+    return headers
+
+
+class _Op:
+    """One storage call waiting to run in the next combined transaction."""
+
+    __slots__ = ("args", "durable", "error", "function", "gate", "lead", "result")
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], durable: bool) -> None:
+        self.function = function
+        self.args = args
+        self.durable = durable
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.gate: threading.Lock | None = None
+        self.lead = False
+
+
+@final
+class SQLiteStorage(Storage):
+    """Queues in one SQLite database file: durable, shared by threads and processes on one host.
+
+    ``path`` is the database file (created 0600 if missing). ``durability="full"`` (default):
+    a put, ack, nack, release, reject, extend, redrive or purge is committed with
+    ``synchronous=FULL`` (fsync) before the call returns, so it survives power loss; a lease is
+    committed without fsync (a lease lost to a power cut only means a redelivery).
+    ``durability="normal"``: ``synchronous=NORMAL``, which survives a killed process but not an
+    OS crash or power cut. Concurrent calls from threads of one process share transactions and
+    fsyncs (group commit).
+
+    ``poll_interval``: a blocked get in this process learns about messages other processes put
+    by re-checking with a backoff from 1 ms up to this many seconds (the worst-case extra
+    latency); each check costs one ``PRAGMA data_version`` while nothing changed. None turns
+    cross-process wake-ups off (one process only). ``busy_timeout``: how long a call waits for
+    another process's write transaction before raising :class:`StorageLocked`.
+    """
+
+    blocking_io: ClassVar[bool] = True
+    requires_bytes: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "full",
+        poll_interval: float | None = 0.05,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        if poll_interval is not None and (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, (int, float))
+            or not 0.0 < poll_interval < math.inf
+        ):
+            raise ValueError(f"poll_interval must be a positive number of seconds or None, got {poll_interval!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout > 0:
+            raise ValueError(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+        self.path = os.fspath(path)
+        if not isinstance(self.path, str) or not self.path or self.path == ":memory:":
+            raise ValueError(f"path must name a database file, got {path!r}")
+        self.durability = durability
+        self.poll_interval = None if poll_interval is None else float(poll_interval)
+        self.busy_timeout = float(busy_timeout)
+        self._full = durability == "full"
+        self._closed = False
+        self._init_process_state()
+        self._connection()  # open now, so a bad file fails here and names its path
+        _live.add(self)
+
+    # -- process-local state -------------------------------------------------------------------
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()  # guards _pending and _busy
+        self._pending: list[_Op] = []
+        self._busy = False
+        self._conn_lock = threading.Lock()  # held by the leader while it runs a transaction
+        self._conn: sqlite3.Connection | None = None
+        self._sync: str | None = None
+        self._commits = 0
+        self._writes = 0  # bumped by every change this process makes; caches record it
+        self._waiting: dict[int, int] = {}  # qid -> empty polls since a lease there found nothing
+        self._qids: dict[str, int] = {}
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop every cache (another process wrote, or a transaction rolled back)."""
+        self._bound: dict[int, float] = {}  # qid -> lower bound of its delayed/in-flight deadlines
+        self._empty: dict[int, tuple[int, float]] = {}  # qid -> (writes, bound) when lease found none
+        self._wake: dict[int, tuple[int, float | None]] = {}  # qid -> (writes, exact next deadline)
+        self._dv = -1
+
+    def _forked(self) -> None:
+        """In a child after fork: abandon the parent's connection and locks."""
+        if self._conn is not None:
+            _abandoned.append(self._conn)
+        self._init_process_state()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStorage {self.path!r} durability={self.durability}{' closed' if self._closed else ''}>"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _error(self, error: BaseException, what: str = "") -> StorageError:
+        text = str(error)
+        if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return StorageLocked(
+                f"SQLite database {self.path!r} stayed locked by another connection for {self.busy_timeout:g}s{what}"
+            )
+        return StorageError(f"SQLite database {self.path!r}{what}: {error}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # fork without the at-fork hook (should not happen)
+            self._forked()
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._open()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as error:
+            raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(
+                path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        path = self.path
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise StorageError(f"{path!r} is not an mqlite database (SQLite says: {error})") from error
+        if app_id != APPLICATION_ID and (app_id != 0 or tables):
+            raise StorageError(
+                f"{path!r} is an SQLite database but not an mqlite one (application_id {app_id:#x}, "
+                f"{tables} schema objects); refusing to touch it"
+            )
+        if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{path!r} has mqlite schema version {version}, newer than this mqlite knows "
+                f"({SCHEMA_VERSION}); upgrade mqlite to open it"
+            )
+        try:
+            if not tables:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before the first table
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"SQLite database {path!r} cannot use WAL mode (journal_mode is {mode})")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            self._set_sync(conn, "FULL" if self._full else "NORMAL")
+            if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
+                self._create_or_upgrade(conn)
+        except sqlite3.Error as error:
+            raise self._error(error, " while opening") from error
+
+    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
+        self._begin(conn)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if app_id == 0:  # another process may have created it meanwhile: re-read under the lock
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            else:
+                while version < SCHEMA_VERSION:
+                    for statement in _UPGRADES[version]:
+                        conn.execute(statement)
+                    version += 1
+                    conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
+        if self._sync != level:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._sync = level
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until busy_timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                text = str(error)
+                if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    # -- the combiner: one transaction for every call waiting ---------------------------------
+
+    def _submit(self, function: Callable[..., Any], durable: bool, *args: Any) -> Any:
+        if self._pid != os.getpid():
+            self._forked()
+        op = _Op(function, args, durable)
+        with self._mutex:
+            if self._closed:
+                raise StorageError(f"{self!r} is closed")
+            self._pending.append(op)
+            gate = None
+            if self._busy:
+                gate = op.gate = threading.Lock()
+                gate.acquire()
+            else:
+                self._busy = True
+                op.lead = True
+        if gate is not None:
+            gate.acquire()  # released when our transaction ended, or when it is our turn to lead
+        if op.lead:
+            self._lead()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _lead(self) -> None:
+        with self._mutex:
+            batch, self._pending = self._pending, []
+        try:
+            with self._conn_lock:
+                self._run(batch)
+        finally:
+            with self._mutex:
+                successor = self._pending[0] if self._pending else None
+                if successor is None:
+                    self._busy = False
+                else:
+                    successor.lead = True
+            for op in batch:
+                if op.gate is not None and not op.lead:
+                    op.gate.release()
+            if successor is not None:
+                assert successor.gate is not None
+                successor.gate.release()
+
+    def _run(self, batch: list[_Op]) -> None:
+        if self._closed:
+            for op in batch:
+                op.error = StorageError(f"{self!r} is closed")
+            return
+        try:
+            conn = self._connection()
+            dv = conn.execute("PRAGMA data_version").fetchone()[0]
+        except BaseException as error:
+            for op in batch:
+                op.error = error if not isinstance(error, sqlite3.Error) else self._error(error)
+            return
+        if dv != self._dv:
+            self._forget()
+            self._dv = dv
+        todo: list[_Op] = []
+        for op in batch:  # calls that a cache answers need no transaction
+            fast = self._fast.get(op.function.__name__)
+            if fast is not None:
+                result = fast(self, *op.args)
+                if result is not _MISS:
+                    op.result = result
+                    continue
+            todo.append(op)
+        if todo:
+            self._transaction(conn, todo)
+
+    def _transaction(self, conn: sqlite3.Connection, todo: list[_Op]) -> None:
+        try:
+            self._set_sync(conn, "FULL" if self._full and any(op.durable for op in todo) else "NORMAL")
+            self._begin(conn)
+        except BaseException as error:
+            for op in todo:
+                op.error = self._error(error) if isinstance(error, sqlite3.Error) else error
+            return
+        writes = self._writes
+        try:
+            dv = conn.execute("PRAGMA data_version").fetchone()[0]
+            if dv != self._dv:
+                self._forget()
+                self._dv = dv
+            if len(todo) == 1:
+                op = todo[0]
+                op.result = op.function(conn, *op.args)
+            else:
+                for op in todo:
+                    conn.execute("SAVEPOINT mq_op")
+                    try:
+                        op.result = op.function(conn, *op.args)
+                    except Exception as error:
+                        conn.execute("ROLLBACK TO mq_op")
+                        self._qids.clear()
+                        self._forget()
+                        self._writes += 1
+                        op.error = self._error(error) if isinstance(error, sqlite3.Error) else error
+                    conn.execute("RELEASE mq_op")
+            if self._writes != writes:
+                self._commits += 1
+                if self._commits % _VACUUM_EVERY == 0:
+                    self._vacuum(conn)
+            conn.execute("COMMIT")
+        except BaseException as error:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._qids.clear()
+            self._forget()
+            failure = self._error(error) if isinstance(error, sqlite3.Error) else error
+            for op in todo:
+                if op.error is None:
+                    op.error = failure
+                op.result = None
+
+    def _vacuum(self, conn: sqlite3.Connection) -> None:
+        """Give free pages back to the file system, keeping some slack for reuse."""
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free > 2 * _VACUUM_SLACK:
+            conn.execute(f"PRAGMA incremental_vacuum({free - _VACUUM_SLACK})").fetchall()
+
+    # -- helpers inside a transaction ------------------------------------------------------------
+
+    def _qid(self, conn: sqlite3.Connection, name: str) -> int:
+        qid = self._qids.get(name)
+        if qid is None:
+            row = conn.execute("SELECT qid FROM mq_queues WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                row = conn.execute("INSERT INTO mq_queues (name) VALUES (?) RETURNING qid", (name,)).fetchone()
+            qid = self._qids[name] = row[0]
+        return qid
+
+    @staticmethod
+    def _spec(conn: sqlite3.Connection, qid: int) -> tuple[str, int | None, str, float]:
+        """``(name, max_attempts, dead-letter queue name, dedup_window)`` of queue ``qid``."""
+        name, max_attempts, dead_letter, window = conn.execute(
+            "SELECT name, max_attempts, dead_letter, dedup_window FROM mq_queues WHERE qid = ?", (qid,)
+        ).fetchone()
+        return name, max_attempts, dead_letter or name + ".dead", window
+
+    def _lower_bound(self, qid: int, deadline: float) -> None:
+        bound = self._bound.get(qid)
+        if bound is not None and deadline < bound:
+            self._bound[qid] = deadline
+
+    def _advance(self, conn: sqlite3.Connection, qid: int, now: float) -> None:
+        """Apply what time did to queue ``qid``: due delays ready, ended leases failed."""
+        bound = self._bound.get(qid)
+        if bound is not None and now < bound:
+            return
+        if conn.execute(
+            "UPDATE mq_messages SET state = 0 WHERE qid = ? AND state = 1 AND state > 0 AND deadline <= ?", (qid, now)
+        ).rowcount:
+            self._writes += 1
+        expired = conn.execute(
+            "SELECT id, attempts, headers FROM mq_messages WHERE qid = ? AND state = 2 AND state > 0 AND deadline <= ?",
+            (qid, now),
+        ).fetchall()
+        if expired:
+            self._writes += 1
+            spec = self._spec(conn, qid)
+            limit = spec[1]
+            back = []
+            for mid, attempts, headers in expired:
+                if limit is not None and attempts >= limit:
+                    self._kill(conn, mid, spec, attempts, headers, "max_attempts", "lease expired")
+                else:
+                    back.append((now, mid))
+            conn.executemany("UPDATE mq_messages SET state = 0, deadline = ? WHERE id = ?", back)
+        deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
+        self._bound[qid] = math.inf if deadline is None else deadline
+
+    def _kill(
+        self,
+        conn: sqlite3.Connection,
+        mid: int,
+        spec: tuple[str, int | None, str, float],
+        attempts: int,
+        headers_text: str | None,
+        reason: str,
+        detail: str | None,
+    ) -> None:
+        """Move a message to its queue's dead-letter queue under its id, ready, attempts 0."""
+        headers = dict(_loads_headers(headers_text))
+        headers[DEATH_REASON] = reason
+        headers[DEATH_QUEUE] = spec[0]
+        headers[DEATH_ATTEMPTS] = str(attempts)
+        if detail is not None:
+            headers[DEATH_DETAIL] = detail
+        else:
+            headers.pop(DEATH_DETAIL, None)
+        dead_qid = self._qid(conn, spec[2])
+        conn.execute(
+            "UPDATE mq_messages SET qid = ?, state = 0, deadline = 0, attempts = 0, token = token + 1,"
+            " headers = ?, dead_from = ? WHERE id = ?",
+            (dead_qid, _dumps_headers(headers), spec[0], mid),
+        )
+        self._writes += 1
+
+    # -- the operations, each run inside a transaction -------------------------------------------
+
+    def _do_open_queue(self, conn: sqlite3.Connection, spec: QueueSpec) -> None:
+        conn.execute(
+            "INSERT INTO mq_queues (name, max_attempts, dead_letter, dedup_window) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET max_attempts = excluded.max_attempts,"
+            " dead_letter = excluded.dead_letter, dedup_window = excluded.dedup_window",
+            (spec.name, spec.max_attempts, spec.dead_letter, float(spec.dedup_window)),
+        )
+        self._writes += 1
+
+    def _do_put(
+        self, conn: sqlite3.Connection, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int
+    ) -> list[int] | None:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        count = len(envelopes)
+        if not count:
+            return []
+        duplicates: dict[int, int] | None = None
+        keys: dict[str, int] | None = None
+        window = 0.0
+        for position, envelope in enumerate(envelopes):
+            key = envelope.dedup_key
+            if key is None:
+                continue
+            if keys is None:
+                keys = {}
+                duplicates = {}
+                window = self._spec(conn, qid)[3]
+            assert duplicates is not None
+            if key in keys:
+                duplicates[position] = -1 - keys[key]
+                continue
+            seen = conn.execute("SELECT id, first_at FROM mq_dedup WHERE qid = ? AND key = ?", (qid, key)).fetchone()
+            if seen is not None and now < seen[1] + window:
+                duplicates[position] = seen[0]
+            else:
+                keys[key] = position
+        fresh = count - (len(duplicates) if duplicates else 0)
+        if maxsize:
+            ready, delayed, _ = conn.execute(_COUNTS, (qid,)).fetchone()
+            if ready + delayed + fresh > maxsize:
+                return None
+        if not fresh:
+            assert duplicates is not None
+            return [duplicates[position] for position in range(count)]
+        last = conn.execute("UPDATE mq_counter SET last_id = last_id + ? RETURNING last_id", (fresh,)).fetchone()[0]
+        next_id = last - fresh + 1
+        self._writes += 1
+        rows = []
+        ids: list[int] = []
+        for position, envelope in enumerate(envelopes):
+            if duplicates and position in duplicates:
+                first = duplicates[position]
+                ids.append(first if first >= 0 else ids[-1 - first])
+                continue
+            mid = next_id
+            next_id += 1
+            ids.append(mid)
+            delay = envelope.delay
+            if delay > 0.0:
+                ready_at = now + delay
+                self._lower_bound(qid, ready_at)
+                state = DELAYED
+            else:
+                ready_at = now
+                state = READY
+            rows.append(
+                (
+                    mid,
+                    qid,
+                    state,
+                    envelope.priority,
+                    envelope.group,
+                    ready_at,
+                    now,
+                    _dumps_headers(envelope.headers),
+                    envelope.body,
+                )
+            )
+        conn.executemany(_INSERT, rows)
+        if keys:
+            conn.executemany(
+                "INSERT OR REPLACE INTO mq_dedup (qid, key, id, first_at) VALUES (?, ?, ?, ?)",
+                [(qid, key, ids[position], now) for key, position in keys.items()],
+            )
+            if self._writes % 1024 < len(keys):  # now and then, forget keys whose window closed
+                conn.execute("DELETE FROM mq_dedup WHERE qid = ? AND first_at + ? <= ?", (qid, window, now))
+        return ids
+
+    def _do_lease(self, conn: sqlite3.Connection, queue: str, n: int, now: float, lease: float) -> list[Leased]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        expires_at = now + lease
+        rows = conn.execute(_CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
+        if not rows:
+            self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
+            self._waiting.setdefault(qid, 0)
+            return []
+        self._writes += 1
+        self._waiting.pop(qid, None)
+        self._lower_bound(qid, expires_at)
+        rows.sort(key=lambda row: (-row[5], row[0]))
+        return [
+            Leased(mid, token, body, attempts, enqueued_at, priority, group, _loads_headers(headers), expires_at)
+            for mid, token, body, attempts, enqueued_at, priority, group, headers in rows
+        ]
+
+    def _fast_lease(self, queue: str, n: int, now: float, lease: float) -> object:
+        qid = self._qids.get(queue)
+        if qid is None:
+            return _MISS
+        empty = self._empty.get(qid)
+        if empty is not None and empty[0] == self._writes and now < empty[1]:
+            self._waiting.setdefault(qid, 0)
+            return []
+        return _MISS
+
+    def _settle(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        handles: Sequence[Handle],
+        now: float,
+        apply: Callable[[int, int, int, str | None], Outcome],
+    ) -> tuple[int, list[Outcome]]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        outcomes: list[Outcome] = []
+        for mid, token in handles:
+            row = None
+            if token:
+                row = conn.execute(
+                    "SELECT state, attempts, headers FROM mq_messages WHERE id = ? AND qid = ? AND token = ?",
+                    (mid, qid, token),
+                ).fetchone()
+            outcomes.append(Outcome.LOST if row is None else apply(mid, *row))
+        return qid, outcomes
+
+    def _do_ack(self, conn: sqlite3.Connection, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        self._writes += 1
+        outcomes: list[Outcome] = []
+        delete = "DELETE FROM mq_messages WHERE id = ? AND qid = ? AND token = ?"
+        for mid, token in handles:
+            done = token and conn.execute(delete, (mid, qid, token)).rowcount
+            outcomes.append(Outcome.DONE if done else Outcome.LOST)
+        return outcomes
+
+    def _do_nack(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        handles: Sequence[Handle],
+        now: float,
+        delay: float,
+        error: str | None,
+    ) -> list[Outcome]:
+        spec: tuple[str, int | None, str, float] | None = None
+
+        def apply(mid: int, state: int, attempts: int, headers: str | None) -> Outcome:
+            nonlocal spec
+            if state != IN_FLIGHT:
+                return Outcome.NOOP
+            if spec is None:
+                spec = self._spec(conn, qid)
+            limit = spec[1]
+            if limit is not None and attempts >= limit:
+                self._kill(conn, mid, spec, attempts, headers, "max_attempts", error)
+            elif delay > 0.0:
+                ready_at = now + delay
+                conn.execute("UPDATE mq_messages SET state = 1, deadline = ? WHERE id = ?", (ready_at, mid))
+                self._lower_bound(qid, ready_at)
+            else:
+                conn.execute("UPDATE mq_messages SET state = 0, deadline = ? WHERE id = ?", (now, mid))
+            return Outcome.DONE
+
+        self._writes += 1
+        qid = self._qid(conn, queue)
+        return self._settle(conn, queue, handles, now, apply)[1]
+
+    def _do_release(self, conn: sqlite3.Connection, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        def apply(mid: int, state: int, attempts: int, headers: str | None) -> Outcome:
+            if state != IN_FLIGHT:
+                return Outcome.NOOP
+            conn.execute(
+                "UPDATE mq_messages SET state = 0, deadline = ?, attempts = attempts - 1 WHERE id = ?", (now, mid)
+            )
+            return Outcome.DONE
+
+        self._writes += 1
+        return self._settle(conn, queue, handles, now, apply)[1]
+
+    def _do_reject(
+        self, conn: sqlite3.Connection, queue: str, handles: Sequence[Handle], now: float, reason: str | None
+    ) -> list[Outcome]:
+        spec: tuple[str, int | None, str, float] | None = None
+
+        def apply(mid: int, state: int, attempts: int, headers: str | None) -> Outcome:
+            nonlocal spec
+            if spec is None:
+                spec = self._spec(conn, self._qid(conn, queue))
+            self._kill(conn, mid, spec, attempts, headers, "rejected", reason)
+            return Outcome.DONE
+
+        self._writes += 1
+        return self._settle(conn, queue, handles, now, apply)[1]
+
+    def _do_extend(
+        self, conn: sqlite3.Connection, queue: str, handles: Sequence[Handle], now: float, seconds: float
+    ) -> list[Outcome]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        self._writes += 1
+        expires_at = now + seconds
+        outcomes: list[Outcome] = []
+        update = "UPDATE mq_messages SET deadline = ? WHERE id = ? AND qid = ? AND token = ? AND state = 2"
+        for mid, token in handles:
+            done = token and conn.execute(update, (expires_at, mid, qid, token)).rowcount
+            outcomes.append(Outcome.DONE if done else Outcome.LOST)
+        self._lower_bound(qid, expires_at)
+        return outcomes
+
+    def _do_redrive(self, conn: sqlite3.Connection, queue: str, now: float, max_messages: int | None) -> int:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        name, _, dead_name, _ = self._spec(conn, qid)
+        dead_qid = self._qid(conn, dead_name)
+        self._advance(conn, dead_qid, now)
+        rows = conn.execute(
+            "SELECT id, headers FROM mq_messages WHERE qid = ? AND dead_from = ? AND state < 2 ORDER BY id LIMIT ?",
+            (dead_qid, name, -1 if max_messages is None else max_messages),
+        ).fetchall()
+        moved = []
+        for mid, headers_text in rows:
+            headers = {k: v for k, v in _loads_headers(headers_text).items() if k not in DEATH_HEADERS}
+            moved.append((qid, now, _dumps_headers(headers), mid))
+        conn.executemany(
+            "UPDATE mq_messages SET qid = ?, state = 0, deadline = ?, attempts = 0, token = token + 1,"
+            " headers = ?, dead_from = NULL WHERE id = ?",
+            moved,
+        )
+        self._writes += 1
+        return len(moved)
+
+    def _do_purge(self, conn: sqlite3.Connection, queue: str, now: float) -> int:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        self._writes += 1
+        return conn.execute("DELETE FROM mq_messages WHERE qid = ? AND state < 2", (qid,)).rowcount
+
+    def _do_peek(self, conn: sqlite3.Connection, queue: str, n: int, now: float) -> list[Leased]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        rows = conn.execute(_PEEK, (qid, n)).fetchall()
+        rows.sort(key=lambda row: (-row[5], row[0]))
+        return [
+            Leased(
+                mid,
+                0,
+                body,
+                attempts,
+                enqueued_at,
+                priority,
+                group,
+                _loads_headers(headers),
+                deadline if state == IN_FLIGHT else None,
+            )
+            for mid, state, body, attempts, enqueued_at, priority, group, headers, deadline in rows[:n]
+        ]
+
+    def _do_counts(self, conn: sqlite3.Connection, queue: str, now: float) -> tuple[int, int, int]:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        ready, delayed, in_flight = conn.execute(_COUNTS, (qid,)).fetchone()
+        return ready, delayed, in_flight
+
+    def _do_stats(self, conn: sqlite3.Connection, queue: str, now: float) -> QueueStats:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        ready, delayed, in_flight = conn.execute(_COUNTS, (qid,)).fetchone()
+        name, _, dead_name, _ = self._spec(conn, qid)
+        dead_row = conn.execute("SELECT qid FROM mq_queues WHERE name = ?", (dead_name,)).fetchone()
+        dead = 0
+        if dead_row is not None:
+            dead = conn.execute(
+                "SELECT count(*) FROM mq_messages WHERE qid = ? AND dead_from = ?", (dead_row[0], name)
+            ).fetchone()[0]
+        oldest = conn.execute(
+            "SELECT min(enqueued_at) FROM mq_messages WHERE qid = ? AND state = 0", (qid,)
+        ).fetchone()[0]
+        return QueueStats(ready, delayed, in_flight, dead, None if oldest is None else max(0.0, now - oldest))
+
+    def _do_next_wakeup(self, conn: sqlite3.Connection, queue: str, now: float) -> float | None:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
+        self._wake[qid] = (self._writes, deadline)
+        return self._polled(qid, now, deadline)
+
+    def _fast_next_wakeup(self, queue: str, now: float) -> object:
+        qid = self._qids.get(queue)
+        if qid is None:
+            return _MISS
+        wake = self._wake.get(qid)
+        if wake is None or wake[0] != self._writes or (wake[1] is not None and now >= wake[1]):
+            return _MISS
+        return self._polled(qid, now, wake[1])
+
+    def _polled(self, qid: int, now: float, deadline: float | None) -> float | None:
+        """``deadline``, or sooner while a getter waits here: the cross-process poll."""
+        polls = self._waiting.get(qid)
+        if self.poll_interval is None or polls is None:
+            return deadline
+        self._waiting[qid] = polls + 1
+        poll_at = now + min(self.poll_interval, 0.001 * (2 ** min(polls, 20)))
+        return poll_at if deadline is None or poll_at < deadline else deadline
+
+    _fast: ClassVar[dict[str, Callable[..., object]]] = {
+        "_do_lease": _fast_lease,
+        "_do_next_wakeup": _fast_next_wakeup,
+    }
+
+    # -- the Storage interface --------------------------------------------------------------------
+
+    def open_queue(self, spec: QueueSpec) -> None:
+        self._submit(self._do_open_queue, True, spec)
+
+    def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
+        result: list[int] | None = self._submit(self._do_put, True, queue, envelopes, now, maxsize)
+        return result
+
+    def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
+        result: list[Leased] = self._submit(self._do_lease, False, queue, n, now, lease)
+        return result
+
+    def ack(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        result: list[Outcome] = self._submit(self._do_ack, True, queue, handles, now)
+        return result
+
+    def nack(self, queue: str, handles: Sequence[Handle], now: float, delay: float, error: str | None) -> list[Outcome]:
+        result: list[Outcome] = self._submit(self._do_nack, True, queue, handles, now, delay, error)
+        return result
+
+    def release(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
+        result: list[Outcome] = self._submit(self._do_release, True, queue, handles, now)
+        return result
+
+    def reject(self, queue: str, handles: Sequence[Handle], now: float, reason: str | None) -> list[Outcome]:
+        result: list[Outcome] = self._submit(self._do_reject, True, queue, handles, now, reason)
+        return result
+
+    def extend(self, queue: str, handles: Sequence[Handle], now: float, seconds: float) -> list[Outcome]:
+        result: list[Outcome] = self._submit(self._do_extend, True, queue, handles, now, seconds)
+        return result
+
+    def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
+        result: int = self._submit(self._do_redrive, True, queue, now, max_messages)
+        return result
+
+    def purge(self, queue: str, now: float) -> int:
+        result: int = self._submit(self._do_purge, True, queue, now)
+        return result
+
+    def peek(self, queue: str, n: int, now: float) -> list[Leased]:
+        result: list[Leased] = self._submit(self._do_peek, False, queue, n, now)
+        return result
+
+    def counts(self, queue: str, now: float) -> tuple[int, int, int]:
+        result: tuple[int, int, int] = self._submit(self._do_counts, False, queue, now)
+        return result
+
+    def stats(self, queue: str, now: float) -> QueueStats:
+        result: QueueStats = self._submit(self._do_stats, False, queue, now)
+        return result
+
+    def next_wakeup(self, queue: str, now: float) -> float | None:
+        result: float | None = self._submit(self._do_next_wakeup, False, queue, now)
+        return result
+
+    def close(self) -> None:
+        """Close the connection (after the transaction in progress, if any). Idempotent."""
+        with self._mutex:
+            self._closed = True
+        if self._pid != os.getpid():
+            return
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+
+def from_url(rest: str) -> SQLiteStorage:
+    """The storage of a ``sqlite://`` URL, given what follows ``sqlite://``.
+
+    ``sqlite:///app.db`` is relative to the working directory, ``sqlite:////var/lib/app.db``
+    absolute; ``?durability=normal`` picks the durability.
+    """
+    url = f"sqlite://{rest}"
+    location, _, query = rest.partition("?")
+    if not location.startswith("/") or len(location) < 2:
+        raise ValueError(f"storage URL {url!r} must look like 'sqlite:///relative.db' or 'sqlite:////absolute.db'")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, separator, value = item.partition("=")
+        if not separator or key != "durability":
+            raise ValueError(f"storage URL {url!r}: unknown option {item!r} (only 'durability=full|normal')")
+        options[key] = value
+    return SQLiteStorage(location[1:], durability=options.get("durability", "full"))
