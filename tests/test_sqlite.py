@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import sqlite3
+import stat
 import tempfile
+import threading
 
+import pytest
 from hypothesis import settings
 
+import mqlite
+from mqlite.storage import Envelope, Outcome, QueueSpec, sqlite as sqlite_module
 from mqlite.storage.sqlite import SQLiteStorage
 from mqlite.testing import make_conformance_test
 
@@ -31,3 +38,203 @@ TestSQLiteConformance = make_conformance_test(
     reopen=_reopen,
     settings=settings(stateful_step_count=40, deadline=None),
 )
+
+
+# -- files, schema and errors ------------------------------------------------------------------
+
+T0 = 1_000_000.0
+
+
+def test_files_are_created_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage = SQLiteStorage(tmp_path / "q.db")
+        storage.put("q", [Envelope(b"x")], T0)
+        names = sorted(os.listdir(tmp_path))
+        assert names == ["q.db", "q.db-shm", "q.db-wal"]
+        for name in names:
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+        storage.close()
+    finally:
+        os.umask(old)
+
+
+def test_a_file_that_is_not_a_database_is_refused_by_path(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"hello, this is not SQLite at all\n" * 200)
+    with pytest.raises(mqlite.StorageError, match=r"notes\.txt.*not an mqlite database"):
+        SQLiteStorage(path)
+    assert path.read_bytes() == b"hello, this is not SQLite at all\n" * 200
+
+
+def test_another_applications_database_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    with pytest.raises(mqlite.StorageError, match=r"app\.db.*not an mqlite one"):
+        SQLiteStorage(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    path = tmp_path / "q.db"
+    SQLiteStorage(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(mqlite.StorageError, match=r"schema version 99, newer than this mqlite knows \(1\)"):
+        SQLiteStorage(path)
+
+
+def test_an_older_schema_is_upgraded_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "q.db"
+    storage = SQLiteStorage(path)
+    [mid] = storage.put("q", [Envelope(b"kept")], T0) or []
+    storage.close()
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(sqlite_module._UPGRADES, 1, ("CREATE TABLE mq_example (x INTEGER)",))
+    storage = SQLiteStorage(path)
+    assert [m.id for m in storage.peek("q", 5, T0)] == [mid]
+    storage.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM mq_example").fetchone()[0] == 0
+    conn.close()
+
+
+def test_settings_are_checked_and_the_file_uses_wal_and_incremental_vacuum(tmp_path):
+    with pytest.raises(ValueError, match="durability"):
+        SQLiteStorage(tmp_path / "a.db", durability="sometimes")
+    with pytest.raises(ValueError, match="poll_interval"):
+        SQLiteStorage(tmp_path / "a.db", poll_interval=0)
+    SQLiteStorage(tmp_path / "a.db").close()
+    conn = sqlite3.connect(tmp_path / "a.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    conn.close()
+
+
+def test_closed_storage_raises_storage_error(tmp_path):
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.close()
+    storage.close()
+    with pytest.raises(mqlite.StorageError, match="closed"):
+        storage.put("q", [Envelope(b"x")], T0)
+
+
+def test_specs_live_in_the_database(tmp_path):
+    """A second opener that never declared the queue applies the first one's max_attempts."""
+    first = SQLiteStorage(tmp_path / "q.db")
+    first.open_queue(QueueSpec("q", 1, "graveyard"))
+    first.put("q", [Envelope(b"x")], T0)
+    second = SQLiteStorage(tmp_path / "q.db")
+    [m] = second.lease("q", 1, T0, 5.0)
+    assert second.nack("q", [(m.id, m.token)], T0, 0.0, "boom") == [Outcome.DONE]
+    [dead] = first.peek("graveyard", 5, T0)
+    assert dict(dead.headers)["x-death-detail"] == "boom"
+    assert first.stats("q", T0).dead == 1
+    first.close()
+    second.close()
+
+
+# -- wake-ups across processes: next_wakeup polls while a getter waits --------------------------
+
+
+def test_next_wakeup_polls_with_backoff_only_while_a_lease_found_nothing(tmp_path):
+    storage = SQLiteStorage(tmp_path / "q.db", poll_interval=0.05)
+    assert storage.next_wakeup("q", T0) is None
+    assert storage.lease("q", 1, T0, 10.0) == []
+    polls = [storage.next_wakeup("q", T0) for _ in range(9)]
+    assert [round(t - T0, 6) for t in polls] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.05]
+    storage.put("q", [Envelope(b"x", delay=0.01)], T0)
+    assert storage.next_wakeup("q", T0) == T0 + 0.01  # a known deadline before the next poll
+    [m] = storage.lease("q", 1, T0 + 0.01, 10.0)
+    assert storage.next_wakeup("q", T0 + 0.01) == T0 + 10.01  # nobody waits: the lease's end
+    storage.ack("q", [(m.id, m.token)], T0 + 0.02)
+    assert storage.next_wakeup("q", T0 + 0.02) is None
+    storage.close()
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(tmp_path):
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.put("q", [Envelope(b"warm-up")], T0)
+    results: dict[str, object] = {}
+
+    def put(name: str, body: object) -> None:
+        try:
+            results[name] = storage.put("q", [Envelope(body)], T0)
+        except Exception as error:
+            results[name] = error
+
+    storage._conn_lock.acquire()  # hold the connection so callers pile up behind the first
+    first = threading.Thread(target=put, args=("first", b"1"))
+    first.start()
+    while not storage._busy or storage._pending:  # the first caller took its batch and waits
+        pass
+    others = [
+        threading.Thread(target=put, args=(name, body)) for name, body in [("a", b"a"), ("bad", object()), ("b", b"b")]
+    ]
+    for thread in others:
+        thread.start()
+    while len(storage._pending) < 3:
+        pass
+    commits = storage._commits
+    storage._conn_lock.release()
+    for thread in [first, *others]:
+        thread.join()
+    assert storage._commits == commits + 2  # the first alone, then a, bad and b in one transaction
+    assert isinstance(results["bad"], mqlite.StorageError)
+    assert "q.db" in str(results["bad"])
+    ids = [results["first"], results["a"], results["b"]]
+    assert all(isinstance(r, list) for r in ids)
+    assert sorted(m.body for m in storage.peek("q", 10, T0)) == [b"1", b"a", b"b", b"warm-up"]
+    storage.close()
+
+
+# -- the front on SQLite -----------------------------------------------------------------------
+
+
+def test_queue_on_a_sqlite_url_survives_reopening(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with mqlite.Queue("jobs", storage="sqlite:///jobs.db") as q:
+        assert isinstance(q.storage, SQLiteStorage)
+        q.put({"n": 1})
+        q.put_many([{"n": 2}, {"n": 3}], group="g")
+        with q.get() as msg:
+            assert msg.body == {"n": 1}
+    absolute = f"sqlite:///{tmp_path}/jobs.db"
+    assert absolute.startswith("sqlite:////")
+    with mqlite.Queue("jobs", storage=absolute) as q:
+        assert q.qsize() == 2
+        assert [m.body for m in q.peek(5)] == [{"n": 2}, {"n": 3}]
+    with pytest.raises(ValueError, match=r"sqlite:///relative\.db"):
+        mqlite.open_storage("sqlite://jobs.db")
+    with pytest.raises(ValueError, match="unknown option"):
+        mqlite.open_storage("sqlite:///jobs.db?sync=off")
+    storage = mqlite.open_storage("sqlite:///jobs.db?durability=normal")
+    assert isinstance(storage, SQLiteStorage)
+    assert storage.durability == "normal"
+    storage.close()
+
+
+def test_async_front_on_sqlite(tmp_path):
+    async def main() -> list[object]:
+        async with mqlite.Queue("jobs", storage=SQLiteStorage(tmp_path / "q.db")) as q:
+            getter = asyncio.ensure_future(q.aget(timeout=30))
+            await q.aput("hello")
+            msg = await getter
+            await msg.aack()
+            await q.aput_many(["a", "b"])
+            got = await q.aget_many(5, timeout=5)
+            for m in got:
+                await m.aack()
+            assert await q.ajoin(timeout=5)
+            return [msg.body, *(m.body for m in got)]
+
+    assert asyncio.run(main()) == ["hello", "a", "b"]

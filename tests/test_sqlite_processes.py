@@ -1,0 +1,270 @@
+"""SQLiteStorage across processes: producers and consumers on one file, SIGKILL at random
+moments, fork, and a blocked get woken by another process's put."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+import mqlite
+from mqlite.storage import Envelope, QueueSpec
+from mqlite.storage.sqlite import SQLiteStorage
+
+SPAWN = multiprocessing.get_context("spawn")
+PRODUCERS = 3
+CONSUMERS = 3
+PER_PRODUCER = 150
+GROUPS = 4
+
+
+# -- 3 producers, 3 consumers, one file --------------------------------------------------------
+
+
+def _produce(path: str, number: int) -> None:
+    with mqlite.Queue("jobs", storage=SQLiteStorage(path, durability="normal"), lease=60.0) as q:
+        for i in range(PER_PRODUCER):
+            group = f"g{i % GROUPS}" if i % 3 == 0 else None
+            q.put([number, i, group], group=group)
+
+
+def _consume(path: str, done: Any, holders: Any, sequence: Any, results: Any) -> None:
+    """Receive until every message was acked; for grouped messages, check that nobody else holds
+    the group (a shared flag per group) and note the order in which the group was served."""
+    expected = PRODUCERS * PER_PRODUCER
+    acked: list[int] = []
+    grouped: list[tuple[str, int, int]] = []
+    violations = 0
+    with mqlite.Queue("jobs", storage=SQLiteStorage(path, durability="normal"), lease=60.0) as q:
+        while done.value < expected:
+            try:
+                msg = q.get(timeout=0.5)
+            except mqlite.Empty:
+                continue
+            group = msg.group
+            if group is not None:
+                flag = holders[int(group[1:])]
+                with flag.get_lock():
+                    if flag.value:
+                        violations += 1
+                    flag.value = 1
+                with sequence.get_lock():
+                    sequence.value += 1
+                    grouped.append((group, sequence.value, msg.id))
+                with flag.get_lock():
+                    flag.value = 0
+            msg.ack()
+            acked.append(msg.id)
+            with done.get_lock():
+                done.value += 1
+    results.put((acked, grouped, violations))
+
+
+def test_three_producers_three_consumers_exactly_once_and_groups_exclusive(tmp_path):
+    path = str(tmp_path / "shared.db")
+    SQLiteStorage(path).close()
+    done = SPAWN.Value("i", 0)
+    sequence = SPAWN.Value("i", 0)
+    holders = [SPAWN.Value("i", 0) for _ in range(GROUPS)]
+    results = SPAWN.Queue()
+    consumers = [
+        SPAWN.Process(target=_consume, args=(path, done, holders, sequence, results)) for _ in range(CONSUMERS)
+    ]
+    producers = [SPAWN.Process(target=_produce, args=(path, n)) for n in range(PRODUCERS)]
+    for process in consumers + producers:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in consumers]
+    for process in consumers + producers:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    acked = [mid for ids, _, _ in outcomes for mid in ids]
+    assert len(acked) == len(set(acked)) == PRODUCERS * PER_PRODUCER
+    assert sum(violations for _, _, violations in outcomes) == 0
+    served: dict[str, list[tuple[int, int]]] = {}
+    for _, grouped, _ in outcomes:
+        for group, seq, mid in grouped:
+            served.setdefault(group, []).append((seq, mid))
+    for group, items in served.items():
+        ids = [mid for _, mid in sorted(items)]
+        assert ids == sorted(ids), f"group {group} was served out of id order"
+    with mqlite.Queue("jobs", storage=SQLiteStorage(path)) as q:
+        assert q.stats() == mqlite.QueueStats(0, 0, 0, 0, None)
+
+
+# -- SIGKILL at random moments -----------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import os, random, sys, time
+    from mqlite.storage import Envelope, QueueSpec
+    from mqlite.storage.sqlite import SQLiteStorage
+
+    path, durability, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = random.Random(seed)
+    storage = SQLiteStorage(path, durability=durability)
+    storage.open_queue(QueueSpec("q", None))
+    out = sys.stdout.fileno()
+
+    def note(line):
+        os.write(out, (line + "\\n").encode())
+
+    n = 0
+    while True:
+        n += 1
+        bodies = [b"%d-%d-%d" % (seed, n, i) for i in range(rng.choice([1, 1, 1, 3]))]
+        ids = storage.put("q", [Envelope(body) for body in bodies], time.time())
+        note("P " + " ".join("%d:%s" % (mid, body.decode()) for mid, body in zip(ids, bodies)))
+        if rng.random() < 0.7:
+            leased = storage.lease("q", rng.randint(1, 4), time.time(), 600.0)
+            chosen = [m for m in leased if rng.random() < 0.8]
+            if chosen:
+                note("a " + " ".join(str(m.id) for m in chosen))
+                storage.ack("q", [(m.id, m.token) for m in chosen], time.time())
+                note("A " + " ".join(str(m.id) for m in chosen))
+    """
+)
+
+
+def _run_child(path: str, durability: str, seed: int, lines_before_kill: int) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, path, durability, str(seed)], stdout=subprocess.PIPE, env=env
+    )
+    assert child.stdout is not None
+    lines: list[str] = []
+    try:
+        while len(lines) < lines_before_kill:
+            line = child.stdout.readline()
+            if not line:
+                break
+            lines.append(line.decode())
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL, "the child died before it was killed"
+    return lines + rest.decode().splitlines(keepends=True)
+
+
+def test_sigkill_at_random_moments_loses_no_put_and_undoes_no_ack(tmp_path):
+    path = str(tmp_path / "crash.db")
+    rng = random.Random(20240611)
+    returned: dict[int, bytes] = {}
+    ack_attempted: set[int] = set()
+    ack_returned: set[int] = set()
+    for round_number in range(24):
+        durability = "full" if round_number % 2 else "normal"
+        for line in _run_child(path, durability, round_number, rng.randint(3, 120)):
+            if not line.endswith("\n"):
+                continue  # a torn last line: the kill came mid-write
+            kind, *items = line.split()
+            if kind == "P":
+                for item in items:
+                    mid, body = item.split(":")
+                    returned[int(mid)] = body.encode()
+            elif kind == "a":
+                ack_attempted.update(int(mid) for mid in items)
+            elif kind == "A":
+                ack_returned.update(int(mid) for mid in items)
+        storage = SQLiteStorage(path)
+        try:
+            present = {m.id: m.body for m in storage.peek("q", 10**9, time.time())}
+        finally:
+            storage.close()
+        for mid, body in returned.items():
+            if mid in ack_returned:
+                assert mid not in present, f"round {round_number}: message {mid} was acked but came back"
+            elif mid not in ack_attempted:
+                assert present.get(mid) == body, f"round {round_number}: put {mid} returned but is gone"
+    assert len(ack_returned) > 20
+    assert len(returned) - len(ack_attempted) > 20
+
+
+# -- fork --------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads alive in pytest
+def test_a_forked_child_reopens_instead_of_sharing_the_parents_connection(tmp_path):
+    storage = SQLiteStorage(tmp_path / "fork.db")
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"before")], time.time())
+    parent_connection = storage._conn
+    pid = os.fork()
+    if pid == 0:  # the child: use the inherited storage object, then leave without cleanup
+        code = 1
+        try:
+            [m] = storage.lease("q", 1, time.time(), 60.0)
+            assert storage._conn is not parent_connection
+            storage.ack("q", [(m.id, m.token)], time.time())
+            storage.put("q", [Envelope(b"from child")], time.time())
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage._conn is parent_connection
+    assert [m.body for m in storage.peek("q", 10, time.time())] == [b"from child"]
+    storage.put("q", [Envelope(b"after")], time.time())
+    assert storage.counts("q", time.time()) == (2, 0, 0)
+    storage.close()
+
+
+# -- a blocked get wakes when another process puts ---------------------------------------------
+
+
+def _put_when_told(path: str, go: Any) -> None:
+    go.wait(60)
+    with mqlite.Queue("wake", storage=f"sqlite:///{path}") as q:
+        q.put("from another process")
+
+
+def _aget_from_other_process(path: str, go: Any, results: Any) -> None:
+    import asyncio
+
+    async def main() -> None:
+        async with mqlite.Queue("wake", storage=f"sqlite:///{path}") as q:
+            go.set()
+            msg = await q.aget(timeout=60)
+            await msg.aack()
+            results.put(msg.body)
+
+    asyncio.run(main())
+
+
+def test_a_blocked_get_wakes_when_another_process_puts(tmp_path):
+    path = str(tmp_path / "wake.db")
+    go = SPAWN.Event()
+    producer = SPAWN.Process(target=_put_when_told, args=(path, go))
+    producer.start()
+    with mqlite.Queue("wake", storage=f"sqlite:///{path}") as q:
+        assert q.qsize() == 0
+        go.set()  # the producer puts while (or just before) this get waits
+        msg = q.get(timeout=60)
+        assert msg.body == "from another process"
+        msg.ack()
+    producer.join(60)
+    assert producer.exitcode == 0
+
+
+def test_a_blocked_aget_in_another_process_wakes_when_this_process_puts(tmp_path):
+    path = str(tmp_path / "wake.db")
+    go = SPAWN.Event()
+    results = SPAWN.Queue()
+    consumer = SPAWN.Process(target=_aget_from_other_process, args=(path, go, results))
+    consumer.start()
+    assert go.wait(60)
+    with mqlite.Queue("wake", storage=f"sqlite:///{path}") as q:
+        q.put("to a coroutine in another process")
+    assert results.get(timeout=60) == "to a coroutine in another process"
+    consumer.join(60)
+    assert consumer.exitcode == 0
