@@ -34,6 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any, ClassVar, Final, final
 
 from .._errors import StorageError, StorageLocked
@@ -127,6 +128,7 @@ SELECT min(d) FROM (
 """
 
 _EMPTY_HEADERS: Mapping[str, str] = {}
+_PLAIN: Final = Envelope(None)[1:]  # the options of an envelope put with every default
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
 _MISS: Final = object()
 _VACUUM_EVERY: Final = 256  # write commits between free-page checks
@@ -232,6 +234,7 @@ class SQLiteStorage(Storage):
         self._mutex = threading.Lock()  # guards _pending and _busy
         self._pending: list[_Op] = []
         self._busy = False
+        self._crowd = 0  # callers in the last batch
         self._conn_lock = threading.Lock()  # held by the leader while it runs a transaction
         self._conn: sqlite3.Connection | None = None
         self._sync: str | None = None
@@ -394,8 +397,11 @@ class SQLiteStorage(Storage):
         return op.result
 
     def _lead(self) -> None:
+        if self._crowd > 1:  # callers just served are about to call again: let them join this batch
+            time.sleep(0)
         with self._mutex:
             batch, self._pending = self._pending, []
+        self._crowd = len(batch)
         try:
             with self._conn_lock:
                 self._run(batch)
@@ -418,21 +424,23 @@ class SQLiteStorage(Storage):
             for op in batch:
                 op.error = StorageError(f"{self!r} is closed")
             return
+        fast = self._fast
         try:
             conn = self._connection()
-            dv = conn.execute("PRAGMA data_version").fetchone()[0]
+            if any(op.function.__name__ in fast for op in batch):
+                dv = conn.execute("PRAGMA data_version").fetchone()[0]
+                if dv != self._dv:
+                    self._forget()
+                    self._dv = dv
         except BaseException as error:
             for op in batch:
                 op.error = error if not isinstance(error, sqlite3.Error) else self._error(error)
             return
-        if dv != self._dv:
-            self._forget()
-            self._dv = dv
         todo: list[_Op] = []
         for op in batch:  # calls that a cache answers need no transaction
-            fast = self._fast.get(op.function.__name__)
-            if fast is not None:
-                result = fast(self, *op.args)
+            answer = fast.get(op.function.__name__)
+            if answer is not None:
+                result = answer(self, *op.args)
                 if result is not _MISS:
                     op.result = result
                     continue
@@ -622,6 +630,22 @@ class SQLiteStorage(Storage):
         last = conn.execute("UPDATE mq_counter SET last_id = last_id + ? RETURNING last_id", (fresh,)).fetchone()[0]
         next_id = last - fresh + 1
         self._writes += 1
+        if not duplicates and all(envelope[1:] == _PLAIN for envelope in envelopes):  # default options
+            conn.executemany(
+                _INSERT,
+                zip(
+                    range(next_id, next_id + count),
+                    repeat(qid),
+                    repeat(READY),
+                    repeat(0),
+                    repeat(None),
+                    repeat(now),
+                    repeat(now),
+                    repeat(None),
+                    [envelope[0] for envelope in envelopes],
+                ),
+            )
+            return list(range(next_id, next_id + count))
         rows = []
         ids: list[int] = []
         for position, envelope in enumerate(envelopes):
