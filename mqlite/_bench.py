@@ -475,6 +475,7 @@ class Workload:
     title: str
     impls: tuple[Impl, ...]
     threads: bool  # sizes from Settings.n_threads instead of Settings.n
+    size: int = 0  # messages per run if set (the SQLite workloads), instead of Settings.n*
 
 
 @dataclass(frozen=True)
@@ -536,6 +537,70 @@ def workloads(settings: Settings) -> list[Workload]:
             ),
             threads=False,
         ),
+        *_sqlite_workloads(settings),
+    ]
+
+
+def _sqlite_workloads(settings: Settings) -> list[Workload]:
+    """Issue 3's SQLite workloads; the runners and the peers' settings are in
+    :mod:`mqlite.storage._sqlite_bench`."""
+    from .storage import _sqlite_bench as sq
+
+    pq = "persist-queue SQLiteAckQueue (WAL, sync FULL, commit per call)"
+    lq = "litequeue (WAL, sync NORMAL)"
+    return [
+        Workload(
+            "W5",
+            "SQLite, one thread, one message at a time: put, get, ack",
+            (
+                Impl(f"{pq} put / get / ack", sq.w5_persist_queue, needs="persistqueue", baseline=True),
+                Impl(f"{lq} put / pop / done", sq.w5_litequeue, needs="litequeue"),
+                Impl("mqlite SQLite full put / get / ack", sq.w5_mqlite("full")),
+                Impl("mqlite SQLite normal put / get / ack", sq.w5_mqlite("normal")),
+                Impl("machine limit: raw sqlite3 WAL FULL one-row commits / 2", sq.w5_raw_limit),
+            ),
+            threads=False,
+            size=max(200, settings.n // 100),
+        ),
+        Workload(
+            "W6-put",
+            f"SQLite, {sq.W6_MESSAGES:,} messages put in one batch",
+            (
+                Impl("raw sqlite3 executemany, WAL FULL, one transaction", sq.w6_raw_executemany, baseline=True),
+                Impl("mqlite SQLite full put_many", sq.w6_mqlite_put_many),
+                Impl(f"{lq} puts in one transaction()", sq.w6_litequeue_batch, needs="litequeue"),
+            ),
+            threads=False,
+            size=sq.W6_MESSAGES,
+        ),
+        Workload(
+            "W6-drain",
+            f"SQLite, drain {sq.W6_MESSAGES:,} prefilled messages",
+            (
+                Impl(f"{pq} get / ack", sq.w6_drain_persist_queue, needs="persistqueue", baseline=True),
+                Impl(
+                    f"mqlite SQLite full get_many({settings.batch}) + ack each",
+                    sq.w6_drain_mqlite(settings.batch, True),
+                ),
+                Impl(
+                    f"mqlite SQLite full storage lease({settings.batch}) + ack(batch)",
+                    sq.w6_drain_mqlite(settings.batch, False),
+                ),
+            ),
+            threads=False,
+            size=sq.W6_MESSAGES,
+        ),
+        Workload(
+            "W7",
+            f"SQLite, {sq.W7_PRODUCERS} producer threads -> {sq.W7_CONSUMERS} consumer threads",
+            (
+                Impl(f"{lq} put / pop (polled) / done", sq.w7_litequeue, needs="litequeue", baseline=True),
+                Impl("mqlite SQLite full put / get / ack", sq.w7_mqlite()),
+                Impl("mqlite SQLite full put / get (prefetch 16) / ack", sq.w7_mqlite(16)),
+            ),
+            threads=True,
+            size=max(sq.W7_PRODUCERS * 100, settings.n_threads // 20),
+        ),
     ]
 
 
@@ -546,6 +611,16 @@ TARGETS = (
     Target("W3", "mqlite put / await aget + await aack", "janus sync_q.put / await async_q.get + task_done", 2.0),
     Target("W4", "mqlite await aput / await aget + await aack", "asyncio.Queue await put / await get + task_done", 0.5),
     Target("W4", "mqlite await aput / await aget + await aack", "culsans async_q both sides", 2.0),
+    Target(
+        "W5",
+        "mqlite SQLite full put / get / ack",
+        "persist-queue SQLiteAckQueue (WAL, sync FULL, commit per call) put / get / ack",
+        1.5,
+    ),
+    Target("W5", "mqlite SQLite normal put / get / ack", "litequeue (WAL, sync NORMAL) put / pop / done", 2.0),
+    Target("W6-put", "mqlite SQLite full put_many", "raw sqlite3 executemany, WAL FULL, one transaction", 0.5),
+    Target("W6-put", "mqlite SQLite full put_many", "litequeue (WAL, sync NORMAL) puts in one transaction()", 2.5),
+    Target("W7", "mqlite SQLite full put / get / ack", "litequeue (WAL, sync NORMAL) put / pop (polled) / done", 3.0),
 )
 
 
@@ -672,7 +747,7 @@ def run(
     rows: list[Row] = []
     for workload in chosen:
         for impl in workload.impls:
-            row = Row(workload, impl, settings.n_threads if workload.threads else settings.n)
+            row = Row(workload, impl, workload.size or (settings.n_threads if workload.threads else settings.n))
             if impl.needs is not None:
                 row.skipped = _importable(impl.needs)
                 if row.skipped and row.skipped not in notes:

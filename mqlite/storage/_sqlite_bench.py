@@ -310,14 +310,26 @@ def _threads(
     return elapsed, check
 
 
-def w7_mqlite(n: int) -> Result:
+def w7_mqlite(prefetch: int = 1) -> Runner:
+    """Consumers get and ack one message at a time; with ``prefetch`` > 1 each consumer leases
+    that many at once (``q.consumer(prefetch=...)``) and still acks each one."""
+
+    def run(n: int) -> Result:
+        return _w7_mqlite(n, prefetch)
+
+    return run
+
+
+def _w7_mqlite(n: int, prefetch: int) -> Result:
     with _directory() as directory:
         q = _queue(directory, "full")
 
         def make_get() -> Callable[[], bytes | None]:
+            consumer = q.consumer(prefetch=prefetch)
+
             def get() -> bytes | None:
                 try:
-                    msg = q.get(timeout=0.05)
+                    msg = consumer.get(timeout=0.05)
                 except Exception:
                     return None
                 msg.ack()

@@ -74,8 +74,9 @@ _SCHEMA: Final = (
     " token INTEGER NOT NULL, enqueued_at REAL NOT NULL, headers TEXT, dead_from TEXT, body BLOB NOT NULL)",
     # The claim: ready rows of one queue in delivery order (priority desc, id asc).
     "CREATE INDEX mq_ready ON mq_messages (qid, priority DESC, id) WHERE state = 0",
-    # Applying time and next_wakeup: delayed and in-flight rows by deadline.
-    "CREATE INDEX mq_due ON mq_messages (qid, state, deadline) WHERE state > 0",
+    # Applying time and next_wakeup: delayed rows and in-flight rows, each by deadline.
+    "CREATE INDEX mq_delayed ON mq_messages (qid, deadline) WHERE state = 1",
+    "CREATE INDEX mq_leased ON mq_messages (qid, deadline) WHERE state = 2",
     # Group heads: the lowest id of a group; and whether a group has a message in flight.
     "CREATE INDEX mq_group ON mq_messages (qid, grp, id) WHERE grp IS NOT NULL",
     "CREATE INDEX mq_busy ON mq_messages (qid, grp) WHERE state = 2 AND grp IS NOT NULL",
@@ -109,22 +110,22 @@ _PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, h
 _PEEK: Final = f"""
 SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY priority DESC, id LIMIT ?2)
 UNION ALL
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1
                ORDER BY priority DESC, id LIMIT ?2)
 UNION ALL
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 2
                ORDER BY priority DESC, id LIMIT ?2)
 """
 _COUNTS: Final = """
 SELECT (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 0),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0)
+       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 1),
+       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 2)
 """
 _NEXT_DEADLINE: Final = """
 SELECT min(d) FROM (
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 1 AND state > 0
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 1
     UNION ALL
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 2 AND state > 0)
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 2)
 """
 
 _EMPTY_HEADERS: Mapping[str, str] = {}
@@ -532,11 +533,11 @@ class SQLiteStorage(Storage):
         if bound is not None and now < bound:
             return
         if conn.execute(
-            "UPDATE mq_messages SET state = 0 WHERE qid = ? AND state = 1 AND state > 0 AND deadline <= ?", (qid, now)
+            "UPDATE mq_messages SET state = 0 WHERE qid = ? AND state = 1 AND deadline <= ?", (qid, now)
         ).rowcount:
             self._writes += 1
         expired = conn.execute(
-            "SELECT id, attempts, headers FROM mq_messages WHERE qid = ? AND state = 2 AND state > 0 AND deadline <= ?",
+            "SELECT id, attempts, headers FROM mq_messages WHERE qid = ? AND state = 2 AND deadline <= ?",
             (qid, now),
         ).fetchall()
         if expired:
