@@ -259,15 +259,7 @@ class Queue(Generic[T]):
         headers: Mapping[str, str] | None,
     ) -> Envelope | None:
         """Check put options; return them as a body-less envelope, or None for the defaults."""
-        if (
-            (delay.__class__ is float or delay.__class__ is int)
-            and delay == 0
-            and priority.__class__ is int
-            and priority == 0
-            and group is None
-            and dedup_key is None
-            and headers is None
-        ):
+        if _defaults(delay, priority, group, dedup_key, headers):
             return None
         return Envelope(
             None,
@@ -436,17 +428,8 @@ class Queue(Generic[T]):
         :class:`Full`. Raises :class:`SerializationError` (nothing enqueued) for a body the
         serializer cannot encode, :class:`QueueClosed` once closed.
         """
-        if (
-            delay.__class__ is float
-            and delay == 0.0
-            and priority.__class__ is int
-            and priority == 0
-            and group is None
-            and dedup_key is None
-            and headers is None
-            and timeout is None
-            and not self._closed
-        ):  # the fast path: default options, one attempt
+        if timeout is None and not self._closed and _defaults(delay, priority, group, dedup_key, headers):
+            # the fast path: default options, one attempt
             envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
             ids = self._storage.put(self._name, envelopes, self._clock(), self._maxsize)
             if ids is not None:
@@ -505,16 +488,10 @@ class Queue(Generic[T]):
     ) -> int:
         """Async :meth:`put`: await room (at most ``timeout`` seconds) and put one message."""
         if (
-            delay.__class__ is float
-            and delay == 0.0
-            and priority.__class__ is int
-            and priority == 0
-            and group is None
-            and dedup_key is None
-            and headers is None
-            and timeout is None
+            timeout is None
             and not self._closed
             and not self._storage.blocking_io
+            and _defaults(delay, priority, group, dedup_key, headers)
         ):  # the fast path: default options on a storage that never blocks, one attempt
             envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
             now = time.monotonic()
@@ -736,6 +713,20 @@ class Queue(Generic[T]):
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _defaults(delay: object, priority: object, group: object, dedup_key: object, headers: object) -> bool:
+    """Whether put options are all the defaults (checked by type, so ``False`` is no priority
+    and ``"0"`` no delay): such a put needs no validation."""
+    return (
+        (delay.__class__ is float or delay.__class__ is int)
+        and delay == 0
+        and priority.__class__ is int
+        and priority == 0
+        and group is None
+        and dedup_key is None
+        and headers is None
+    )
 
 
 def _after_cancel(done: concurrent.futures.Future[R], landed: Callable[[R], None]) -> None:

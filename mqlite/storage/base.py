@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -122,16 +121,6 @@ class QueueStats:
     in_flight: int
     dead: int
     oldest_ready_age: float | None
-
-
-def check_finite(name: str, value: float, *, minimum: float = 0.0) -> float:
-    """Return ``value`` as a float, or raise ValueError/TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-    return value
 
 
 class Storage(abc.ABC):
