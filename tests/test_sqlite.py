@@ -238,3 +238,20 @@ def test_async_front_on_sqlite(tmp_path):
             return [msg.body, *(m.body for m in got)]
 
     assert asyncio.run(main()) == ["hello", "a", "b"]
+
+
+def test_acked_rows_are_deleted_and_free_pages_returned(tmp_path):
+    path = tmp_path / "space.db"
+    storage = SQLiteStorage(path, durability="normal")
+    for _ in range(20):
+        storage.put("q", [Envelope(b"x" * 200)] * 1000, T0)
+    storage.close()
+    full = os.path.getsize(path)
+    storage = SQLiteStorage(path, durability="normal")
+    while leased := storage.lease("q", 1000, T0, 60.0):
+        assert storage.ack("q", [(m.id, m.token) for m in leased], T0) == [Outcome.DONE] * len(leased)
+    storage.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM mq_messages").fetchone()[0] == 0
+    conn.close()
+    assert os.path.getsize(path) < full / 2
