@@ -166,7 +166,7 @@ class Consumer(Generic[T]):
         woken = False
         while True:
             try:
-                taken, waiter, remaining = self._attempt(n, block, deadline, timeout, woken, ThreadWaiter)
+                taken, waiter, remaining = self._attempt(n, block, deadline, timeout, ThreadWaiter)
             except BaseException as error:
                 if woken and not isinstance(error, Empty):
                     channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
@@ -188,7 +188,6 @@ class Consumer(Generic[T]):
         block: bool,
         deadline: float | None,
         timeout: float | None,
-        woken: bool,
         make_waiter: Callable[[object], W],
     ) -> tuple[list[Message[T]] | None, W | None, float | None]:
         """One turn of a blocking get: lease, or enlist a waiter and say how long it may sleep.
@@ -235,7 +234,7 @@ class Consumer(Generic[T]):
                 if queue._storage.blocking_io and not self._buffer:
                     taken, waiter, remaining = await self._attempt_off_loop(n, deadline, timeout)
                 else:
-                    taken, waiter, remaining = self._attempt(n, True, deadline, timeout, woken, AsyncWaiter)
+                    taken, waiter, remaining = self._attempt(n, True, deadline, timeout, AsyncWaiter)
             except BaseException as error:
                 if woken and not isinstance(error, Empty):
                     channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
