@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import gc
 import importlib
 import platform
@@ -46,6 +47,7 @@ class Settings:
     repeat: int = 5
     memory_n: int = 1_000_000
     batch: int = 100  # put_many / get_many size of the batch variant
+    sqlite: bool = False  # include the SQLite workloads W5-W7 (the command line does)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -537,7 +539,7 @@ def workloads(settings: Settings) -> list[Workload]:
             ),
             threads=False,
         ),
-        *_sqlite_workloads(settings),
+        *(_sqlite_workloads(settings) if settings.sqlite else []),
     ]
 
 
@@ -913,6 +915,7 @@ def main(quick: bool = False, repeat: int | None = None, only: str | None = None
             raise SystemExit("--repeat must be at least 1")
         settings = Settings(settings.n, settings.n_threads, repeat, settings.memory_n, settings.batch)
     names = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    settings = dataclasses.replace(settings, sqlite=True)
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
