@@ -46,7 +46,9 @@ def main() -> None:
         db, wal = sizes(path)
         peak_file = max(peak_file, db + wal)
         if (put + acked) % 200_000 == 0:
-            print(f"put {put:>9,} acked {acked:>9,} live {put - acked:>7,}  db {db / 2**20:6.1f} MiB  wal {wal / 2**20:5.1f} MiB")
+            print(
+                f"put {put:>9,} acked {acked:>9,} live {put - acked:>7,}  db {db / 2**20:6.1f} MiB  wal {wal / 2**20:5.1f} MiB"
+            )
     db, wal = sizes(path)
     live_bytes = live * len(body)
     print(f"done in {time.perf_counter() - began:.0f}s: {total:,} messages of {len(body)} bytes, peak live {live:,}")
