@@ -47,7 +47,8 @@ def main() -> None:
         peak_file = max(peak_file, db + wal)
         if (put + acked) % 200_000 == 0:
             print(
-                f"put {put:>9,} acked {acked:>9,} live {put - acked:>7,}  db {db / 2**20:6.1f} MiB  wal {wal / 2**20:5.1f} MiB"
+                f"put {put:>9,} acked {acked:>9,} live {put - acked:>7,}"
+                f"  db {db / 2**20:6.1f} MiB  wal {wal / 2**20:5.1f} MiB"
             )
     db, wal = sizes(path)
     live_bytes = live * len(body)
