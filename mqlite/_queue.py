@@ -14,14 +14,14 @@ from typing import Any, Generic, TypeVar, cast, final
 
 from . import _validate
 from ._consumer import YIELD_EVERY, Consumer, _sleep_on
-from ._errors import Full, QueueClosed, SerializationError
+from ._errors import Full, LeaseLost, QueueClosed, SerializationError
 from ._keeper import LeaseKeeper, keeper
 from ._message import Message
 from ._producer import Producer
 from ._urls import open_storage
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, channel_for
 from .serializers import JSON, Serializer
-from .storage.base import Envelope, Leased, QueueSpec, QueueStats, Storage
+from .storage.base import Envelope, Leased, Outcome, QueueSpec, QueueStats, Storage
 from .storage.memory import MemoryStorage
 
 __all__ = ["Queue"]
@@ -566,6 +566,89 @@ class Queue(Generic[T]):
     def __aiter__(self) -> AsyncIterator[Message[T]]:
         """Receive messages asynchronously until the queue is closed."""
         return aiter(self._default)
+
+    def ack_many(self, messages: Iterable[Message[T]]) -> None:
+        """Ack many received messages in one storage call (one transaction on SQLite).
+
+        Each message follows the rules of :meth:`Message.ack`: one acked already is skipped,
+        and one settled with another verb raises :class:`LeaseLost` before anything is acked.
+        Messages whose lease was lost are reported together in one :class:`LeaseLost` after
+        the others were acked.
+        """
+        batch = self._claim_acks(messages)
+        if not batch:
+            return
+        try:
+            outcomes = self._storage.ack(self._name, [(m.id, m._record.token) for m in batch], self._clock())
+        except BaseException:
+            for message in batch:
+                message._unclaim(False)
+            raise
+        self._acked(batch, outcomes)
+
+    async def aack_many(self, messages: Iterable[Message[T]]) -> None:
+        """Async :meth:`ack_many`."""
+        batch = self._claim_acks(messages)
+        if not batch:
+            return
+        handles = [(m.id, m._record.token) for m in batch]
+
+        def unclaim() -> None:
+            for message in batch:
+                message._unclaim(False)
+
+        try:
+            outcomes = await self._call_landing(
+                self._storage.ack,
+                (self._name, handles, self._clock()),
+                lambda landed: self._acked(batch, landed, quiet=True),
+                unclaim,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            unclaim()
+            raise
+        self._acked(batch, outcomes)
+
+    def _claim_acks(self, messages: Iterable[Message[T]]) -> list[Message[T]]:
+        """Claim every message for an ack, or none (a refused claim undoes the others)."""
+        self._check_open()
+        batch: list[Message[T]] = []
+        try:
+            for message in messages:
+                if not isinstance(message, Message):
+                    raise TypeError(f"ack_many takes messages, not {type(message).__name__}")
+                consumer = message._consumer
+                if consumer is not None and consumer._queue is not self:
+                    raise ValueError(f"message {message.id} was received from another queue, not {self._name!r}")
+                if message._claim("ack"):
+                    batch.append(message)
+        except BaseException:
+            for message in batch:
+                message._unclaim(False)
+            raise
+        return batch
+
+    def _acked(self, batch: Sequence[Message[T]], outcomes: Sequence[Outcome], quiet: bool = False) -> None:
+        """After a batch ack: forget the messages, wake getters of their groups and joiners."""
+        lost: list[int] = []
+        grouped = 0
+        for message, outcome in zip(batch, outcomes, strict=True):
+            consumer = message._consumer
+            if consumer is not None:
+                consumer._held.pop(message.id, None)
+            if outcome == Outcome.LOST:
+                message._unclaim(True)
+                lost.append(message.id)
+            elif message.group is not None:
+                grouped += 1
+        self._channel.changed(grouped, settled=True)
+        if lost and not quiet:
+            raise LeaseLost(
+                f"message(s) {', '.join(map(str, lost))}: the lease ended and the message was delivered "
+                "again, dead-lettered or settled elsewhere; the others were acked"
+            )
 
     # -- administration -----------------------------------------------------------------------
 
