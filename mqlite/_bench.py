@@ -341,38 +341,30 @@ def w3_mqlite(n: int) -> tuple[float, Check]:
     return _thread_to_async(n, setup)
 
 
-def w3_janus(n: int) -> tuple[float, Check]:
-    janus = importlib.import_module("janus")
+def _w3_mixed_peer(module: str) -> Callable[[int], tuple[float, Check]]:
+    """W3 for janus or culsans, which share one API: ``sync_q.put`` / ``await async_q.get``."""
 
-    def setup() -> ThreadSide:
-        q = janus.Queue()
-        async_q = q.async_q
+    def run(n: int) -> tuple[float, Check]:
+        peer = importlib.import_module(module)
 
-        async def receive() -> bytes:
-            body: bytes = await async_q.get()
-            async_q.task_done()
-            return body
+        def setup() -> ThreadSide:
+            q = peer.Queue()
+            async_q = q.async_q
 
-        return q.sync_q.put, receive, q.close
+            async def receive() -> bytes:
+                body: bytes = await async_q.get()
+                async_q.task_done()
+                return body
 
-    return _thread_to_async(n, setup)
+            return q.sync_q.put, receive, q.close
+
+        return _thread_to_async(n, setup)
+
+    return run
 
 
-def w3_culsans(n: int) -> tuple[float, Check]:
-    culsans = importlib.import_module("culsans")
-
-    def setup() -> ThreadSide:
-        q = culsans.Queue()
-        async_q = q.async_q
-
-        async def receive() -> bytes:
-            body: bytes = await async_q.get()
-            async_q.task_done()
-            return body
-
-        return q.sync_q.put, receive, q.close
-
-    return _thread_to_async(n, setup)
+w3_janus = _w3_mixed_peer("janus")
+w3_culsans = _w3_mixed_peer("culsans")
 
 
 def _async_to_async(
