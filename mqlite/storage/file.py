@@ -335,12 +335,11 @@ class FileStorage(Storage):
                         and not (target.in_flight and target.in_flight[0][0] <= now)
                     ):
                         index.last_id = first_id
-                        entry = Entry(first_id, data[pos:].tobytes(), priority, None, _NO_HEADERS, now, READY, now)
+                        entry = Entry(data[pos:].tobytes(), priority, None, _NO_HEADERS, now, READY, now)
                         heap = target.eligible.get(priority)
                         if heap is None:
-                            target.adopt(entry, _NO_HEADERS, 0)
+                            target.adopt(first_id, entry, _NO_HEADERS, 0)
                         else:  # what adopt does for a ready message without a group, inlined
-                            entry.queued = True
                             target.entries[first_id] = entry
                             target.n_ready += 1
                             heapq.heappush(heap, first_id)
@@ -420,10 +419,10 @@ class FileStorage(Storage):
     def _expire_leases(self) -> None:
         """End every running lease now: the next call on each queue fails those attempts."""
         for queue in self._index.queues.values():
-            for entry in queue.entries.values():
+            for mid, entry in queue.entries.items():
                 if entry.state == IN_FLIGHT:
                     entry.deadline = _EXPIRED
-                    heapq.heappush(queue.in_flight, (_EXPIRED, entry.id, entry.token))
+                    heapq.heappush(queue.in_flight, (_EXPIRED, mid, entry.token))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -857,8 +856,7 @@ def _restore(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:
     for mid, state, deadline, enqueued_at, attempts, token, priority, group, headers, body in messages:
         count += 1
         if state == READY and group is None:
-            entry = Entry(mid, body, priority, None, headers or _NO_HEADERS, enqueued_at, READY, 0.0, attempts, token)
-            entry.queued = True
+            entry = Entry(body, priority, None, headers or _NO_HEADERS, enqueued_at, READY, 0.0, attempts, token)
             entries[mid] = entry
             n_ready += 1
             if priority != last_priority:
@@ -876,8 +874,8 @@ def _restore(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:
         n_ready = 0
         last_priority = None
         headers = headers or _NO_HEADERS
-        old = Entry(mid, body, priority, group, headers, enqueued_at, READY, enqueued_at)
-        queue.adopt(old, headers, attempts)
+        old = Entry(body, priority, group, headers, enqueued_at, READY, enqueued_at)
+        queue.adopt(mid, old, headers, attempts)
         entry = entries[mid]
         if state == DELAYED:
             entry.state = DELAYED
