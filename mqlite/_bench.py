@@ -48,10 +48,12 @@ class Settings:
     memory_n: int = 1_000_000
     batch: int = 100  # put_many / get_many size of the batch variant
     sqlite: bool = False  # include the SQLite workloads W5-W7 (the command line does)
+    file: bool = False  # include the file-log workloads W5f-W8f (the command line does)
+    reopen_n: int = 1_000_000  # live messages in the log W8f reopens
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(n=20_000, n_threads=20_000, repeat=3, memory_n=100_000)
+        return cls(n=20_000, n_threads=20_000, repeat=3, memory_n=100_000, reopen_n=100_000)
 
 
 # -- bodies and accounting --------------------------------------------------------------------
@@ -474,10 +476,17 @@ class Workload:
 
 @dataclass(frozen=True)
 class Target:
+    """A goal for one row: at least ``minimum`` times the ``versus`` row's rate in the same
+    workload; or, when ``seconds`` is set, at most ``seconds`` per run of ``per`` messages
+    (the run's time scaled linearly from the row's N, for reopen times)."""
+
     workload: str
     impl: str
-    versus: str
-    minimum: float
+    versus: str = ""
+    minimum: float = 0.0
+    seconds: float | None = None
+    per: int = 1_000_000
+    shown: str = ""  # how the table names ``versus`` (default: its first word)
 
 
 def workloads(settings: Settings) -> list[Workload]:
@@ -532,6 +541,7 @@ def workloads(settings: Settings) -> list[Workload]:
             threads=False,
         ),
         *(_sqlite_workloads(settings) if settings.sqlite else []),
+        *(_file_workloads(settings) if settings.file else []),
     ]
 
 
@@ -598,6 +608,72 @@ def _sqlite_workloads(settings: Settings) -> list[Workload]:
     ]
 
 
+def _file_workloads(settings: Settings) -> list[Workload]:
+    """Issue 4's file-log workloads; the runners and the peers' real durability are in
+    :mod:`mqlite.storage._file_bench`."""
+    from .storage import _file_bench as fb
+
+    return [
+        Workload(
+            "W5f",
+            "file log, one thread, one message at a time: put, get, ack",
+            (
+                Impl(f"{PQ_FILE} put / get / task_done", fb.w5_persist_queue, needs="persistqueue", baseline=True),
+                Impl(f"{QUEUELIB} push / pop", fb.w5_queuelib, needs="queuelib"),
+                Impl(W5F_FULL, fb.w5_mqlite("full")),
+                Impl(W5F_NORMAL, fb.w5_mqlite("normal")),
+                Impl("machine limit: raw os.write + os.fdatasync rate / 2", fb.w5_machine_limit),
+            ),
+            threads=False,
+            size=max(200, settings.n // 100),
+        ),
+        Workload(
+            "W6f",
+            f"file log, {fb.W6_MESSAGES:,} messages: one put_many, then drain",
+            (
+                Impl(W6F_RAW, fb.w6_raw_append, baseline=True),
+                Impl(W6F_FULL, fb.w6_mqlite("full", fb.W6_BATCH)),
+                Impl("mqlite file normal put_many + drain as above", fb.w6_mqlite("normal", fb.W6_BATCH)),
+                Impl("mqlite file full put_many alone (drain untimed)", fb.w6_mqlite("full", fb.W6_BATCH, False)),
+            ),
+            threads=False,
+            size=fb.W6_MESSAGES,
+        ),
+        Workload(
+            "W7f",
+            f"file log, full: {fb.W7_PRODUCERS} producer threads put (group commit) vs one",
+            (
+                Impl(W7F_ONE, fb.w7_mqlite(1), baseline=True),
+                Impl(W7F_MANY, fb.w7_mqlite(fb.W7_PRODUCERS)),
+            ),
+            threads=True,
+            size=max(fb.W7_PRODUCERS * 100, settings.n_threads // 20),
+        ),
+        Workload(
+            "W8f",
+            f"file log: reopen with {settings.reopen_n:,} live messages (msg/s = N / seconds)",
+            (
+                Impl("raw read of the same log files (page cache; the I/O floor)", fb.w8_raw_read),
+                Impl(W8F_LOG, fb.w8_reopen(False)),
+                Impl(W8F_SNAPSHOT, fb.w8_reopen(True)),
+            ),
+            threads=False,
+            size=settings.reopen_n,
+        ),
+    ]
+
+
+PQ_FILE = "persist-queue file Queue(autosave=True) (fsync per 100 puts)"
+QUEUELIB = "queuelib FifoDiskQueue (never fsyncs; index written at close)"
+W5F_FULL = "mqlite file full put / get / ack"
+W5F_NORMAL = "mqlite file normal put / get / ack"
+W6F_RAW = "raw: the same bytes in one os.write + one os.fdatasync"
+W6F_FULL = "mqlite file full put_many + get_many(100) + ack_many"
+W7F_ONE = "mqlite file full put, 1 producer thread"
+W7F_MANY = "mqlite file full put, 8 producer threads"
+W8F_LOG = "mqlite FileStorage() replaying the log of puts"
+W8F_SNAPSHOT = "mqlite FileStorage() from a compact() snapshot"
+
 TARGETS = (
     Target("W1", "mqlite put / get + ack", "queue.Queue put / get + task_done", 1.0),
     Target("W2-1x1", "mqlite put / get + ack", "queue.Queue put / get + task_done", 1.0),
@@ -615,6 +691,12 @@ TARGETS = (
     Target("W6-put", "mqlite SQLite full put_many", "raw sqlite3 executemany, WAL FULL, one transaction", 0.5),
     Target("W6-put", "mqlite SQLite full put_many", "litequeue (WAL, sync NORMAL) puts in one transaction()", 2.5),
     Target("W7", "mqlite SQLite full put / get / ack", "litequeue (WAL, sync NORMAL) put / pop (polled) / done", 3.0),
+    Target("W5f", W5F_FULL, f"{PQ_FILE} put / get / task_done", 1.5),
+    Target("W5f", W5F_NORMAL, f"{QUEUELIB} push / pop", 0.5),
+    Target("W6f", W6F_FULL, W6F_RAW, 0.5, shown="raw"),
+    Target("W7f", W7F_MANY, W7F_ONE, 4.0, shown="1 producer"),
+    Target("W8f", W8F_LOG, seconds=2.0),
+    Target("W8f", W8F_SNAPSHOT, seconds=2.0),
 )
 
 
@@ -781,9 +863,19 @@ def _ratio(report: Report, row: Row) -> float | None:
 
 
 def target_results(report: Report) -> list[tuple[Target, float | None, str]]:
+    """Each target whose rows ran, with the measured ratio (or, for a ``seconds`` target, the
+    seconds per ``target.per`` messages) and PASS / MISS / n/a."""
     results: list[tuple[Target, float | None, str]] = []
     for target in TARGETS:
-        mine, theirs = report.row(target.workload, target.impl), report.row(target.workload, target.versus)
+        mine = report.row(target.workload, target.impl)
+        if target.seconds is not None and mine is not None:
+            if not mine.rates:
+                results.append((target, None, "n/a"))
+                continue
+            seconds = target.per / mine.median
+            results.append((target, seconds, "PASS" if seconds <= target.seconds else "MISS"))
+            continue
+        theirs = report.row(target.workload, target.versus)
         if mine is None or theirs is None:
             continue
         if not (mine.rates and theirs.rates):
@@ -803,10 +895,16 @@ def tables(report: Report) -> tuple[list[str], list[list[str]], list[str], list[
             "lost", "dup", "out-of-order", "target"]  # fmt: skip
     targets: dict[tuple[str, str], list[str]] = {(t.workload, t.impl): [] for t in TARGETS}
     for target, ratio, verdict in target_results(report):
-        shown = "n/a" if ratio is None else f"{ratio:.2f}x"
-        targets[(target.workload, target.impl)].append(
-            f"{verdict} ({shown} >= {target.minimum:g}x {_versus(target.versus)})"
-        )
+        if target.seconds is not None:
+            shown = "n/a" if ratio is None else f"{ratio:.2f} s"
+            goal = f"{shown} per {target.per:,} <= {target.seconds:g} s"
+            row = report.row(target.workload, target.impl)
+            if ratio is not None and row is not None and row.n != target.per:
+                goal += f"; scaled from N = {row.n:,}"
+        else:
+            shown = "n/a" if ratio is None else f"{ratio:.2f}x"
+            goal = f"{shown} >= {target.minimum:g}x {target.shown or _versus(target.versus)}"
+        targets[(target.workload, target.impl)].append(f"{verdict} ({goal})")
     body: list[list[str]] = []
     for row in report.rows:
         if row.skipped is not None:
@@ -905,9 +1003,9 @@ def main(quick: bool = False, repeat: int | None = None, only: str | None = None
     if repeat is not None:
         if repeat < 1:
             raise SystemExit("--repeat must be at least 1")
-        settings = Settings(settings.n, settings.n_threads, repeat, settings.memory_n, settings.batch)
+        settings = dataclasses.replace(settings, repeat=repeat)
     names = [name.strip() for name in only.split(",") if name.strip()] if only else None
-    settings = dataclasses.replace(settings, sqlite=True)
+    settings = dataclasses.replace(settings, sqlite=True, file=True)
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ Never asserts speed: only that each workload ran and lost, duplicated or reorder
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,46 @@ def test_text_and_markdown_render(report: _bench.Report) -> None:
     for name in ("W1", "W2-1x1", "W2-4x4", "W3", "W4"):
         assert name in text
         assert f"| {name} |" in markdown
+
+
+FILE = dataclasses.replace(TINY, file=True, reopen_n=3_000)
+FILE_WORKLOADS = {"W5f", "W6f", "W7f", "W8f"}
+
+
+@pytest.fixture(scope="module")
+def file_report(tmp_path_factory: pytest.TempPathFactory) -> _bench.Report:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MQLITE_BENCH_DIR", str(tmp_path_factory.mktemp("bench")))
+        return _bench.run(FILE, only=sorted(FILE_WORKLOADS), memory=False)
+
+
+def test_file_workloads_account_for_every_message(file_report: _bench.Report) -> None:
+    """W5f-W8f (FileStorage and its peers) ran every repetition and each run received exactly
+    the messages it stored; the raw rows (machine limits) receive nothing."""
+    assert {row.workload.name for row in file_report.rows} == FILE_WORKLOADS
+    for row in file_report.rows:
+        label = (row.workload.name, row.impl.label)
+        if row.skipped is not None:
+            assert row.impl.needs is not None
+            continue
+        assert row.check.clean, (label, row.check)
+        assert len(row.rates) == FILE.repeat, label
+        if row.impl.label.startswith(("machine limit", "raw read")):
+            assert row.check.received == 0, label
+            continue
+        per_run = row.n - row.n % 8 if row.workload.name == "W7f" else row.n
+        assert row.check.received == FILE.repeat * per_run, label
+
+
+def test_file_targets_are_judged(file_report: _bench.Report) -> None:
+    """Every W5f-W8f target whose rows ran gets a verdict; W8f's is in seconds per 1M."""
+    judged = {(t.workload, t.impl): verdict for t, _, verdict in _bench.target_results(file_report)}
+    assert {workload for workload, _ in judged} >= {"W6f", "W7f", "W8f"}
+    assert all(verdict in ("PASS", "MISS", "n/a") for verdict in judged.values())
+    text = _bench.render_text(file_report)
+    assert "per 1,000,000 <= 2 s; scaled from N = 3,000" in text
+    for name in FILE_WORKLOADS:
+        assert f"| {name} |" in _bench.render_markdown(file_report)
 
 
 def test_verify_counts_what_went_wrong() -> None:
