@@ -197,6 +197,52 @@ def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(t
     storage.close()
 
 
+def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(tmp_path, monkeypatch):
+    """durability="full": the transaction commits with synchronous=NORMAL, then the caller of a
+    durable call fsyncs the WAL before returning; a lease does not wait for an fsync, and one
+    fsync serves every commit made before it started."""
+    synced: list[int] = []
+    monkeypatch.setattr(sqlite_module, "_fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    storage = SQLiteStorage(tmp_path / "q.db")
+    assert storage._split
+    assert storage._connection().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    [mid] = storage.put("q", [Envelope(b"x")], T0) or []
+    assert len(synced) == 1
+    assert synced[0] == os.path.getsize(tmp_path / "q.db-wal") > 0
+    [leased] = storage.lease("q", 1, T0, 30.0)
+    assert len(synced) == 1  # a lease is committed, not synced
+    assert storage.ack("q", [(mid, leased.token)], T0) == [Outcome.DONE]
+    assert len(synced) == 2
+    storage._committed += 2  # two commits whose callers have not synced yet ...
+    storage._sync_wal(storage._committed - 1)  # ... the first caller's fsync serves both
+    storage._sync_wal(storage._committed)
+    assert len(synced) == 3
+    storage.close()
+    normal = SQLiteStorage(tmp_path / "n.db", durability="normal")
+    normal.put("q", [Envelope(b"x")], T0)
+    assert len(synced) == 3
+    assert not normal._split
+    normal.close()
+
+
+def test_a_failed_wal_fsync_fails_the_call_and_every_later_durable_one(tmp_path, monkeypatch):
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    storage = SQLiteStorage(tmp_path / "q.db")
+    monkeypatch.setattr(sqlite_module, "_fdatasync", broken)
+    with pytest.raises(mqlite.StorageError, match="committed, but the WAL could not be synced"):
+        storage.put("q", [Envelope(b"x")], T0)
+    monkeypatch.undo()
+    with pytest.raises(mqlite.StorageError, match="an earlier fsync of the WAL failed"):
+        storage.put("q", [Envelope(b"y")], T0)
+    assert len(storage.lease("q", 5, T0, 30.0)) == 2  # both committed; leases need no sync
+    storage.close()
+    reopened = SQLiteStorage(tmp_path / "q.db")
+    reopened.put("q", [Envelope(b"z")], T0)
+    reopened.close()
+
+
 # -- the front on SQLite -----------------------------------------------------------------------
 
 

@@ -21,6 +21,14 @@ order. Calls from many threads of one process are *combined*: whoever arrives wh
 caller's transaction runs waits, and the next transaction carries every waiting call at once,
 each inside its own ``SAVEPOINT`` (a failing call rolls back alone) - one commit, one fsync for
 all of them (group commit).
+
+With ``durability="full"`` (on POSIX) the commit itself runs with ``synchronous=NORMAL`` and the
+callers of durable calls then fsync the WAL before returning, outside the write lock: leases and
+reads in the same batch return at once, the next transaction runs during the fsync, and one
+fsync serves every commit made before it began. A durable call still returns only once its
+commit is on stable storage; what changes is that other connections may see a commit a moment
+before it is synced (a lease of such a message is lost with it by a power cut, which the
+lease's own promise already allows).
 """
 
 from __future__ import annotations
@@ -135,6 +143,9 @@ _MISS: Final = object()
 _VACUUM_EVERY: Final = 256  # write commits between free-page checks
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
 
+_fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
+"""How the WAL is synced: as SQLite itself does on Linux (data and the size, not timestamps)."""
+
 _abandoned: list[sqlite3.Connection] = []
 """Connections inherited across fork: never used nor closed in the child (closing could act on
 the parent's WAL), only kept referenced so they are not closed by garbage collection."""
@@ -164,7 +175,7 @@ def _loads_headers(text: str | None) -> Mapping[str, str]:
 class _Op:
     """One storage call waiting to run in the next combined transaction."""
 
-    __slots__ = ("args", "durable", "error", "function", "gate", "lead", "result")
+    __slots__ = ("args", "durable", "error", "function", "gate", "lead", "result", "sync")
 
     def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], durable: bool) -> None:
         self.function = function
@@ -174,6 +185,7 @@ class _Op:
         self.error: BaseException | None = None
         self.gate: threading.Lock | None = None
         self.lead = False
+        self.sync = 0  # the commit number its caller must see synced before returning (0: none)
 
 
 @final
@@ -182,8 +194,10 @@ class SQLiteStorage(Storage):
 
     ``path`` is the database file (created 0600 if missing). ``durability="full"`` (default):
     a put, ack, nack, release, reject, extend, redrive or purge is committed with
-    ``synchronous=FULL`` (fsync) before the call returns, so it survives power loss; a lease is
-    committed without fsync (a lease lost to a power cut only means a redelivery).
+    an fsync of the write-ahead log (what ``synchronous=FULL`` does at each commit, here done by
+    the callers after the commit, shared and outside the write lock) before the call returns, so
+    it survives power loss; a lease is committed without fsync (a lease lost to a power cut only
+    means a redelivery).
     ``durability="normal"``: ``synchronous=NORMAL``, which survives a killed process but not an
     OS crash or power cut. Concurrent calls from threads of one process share transactions and
     fsyncs (group commit).
@@ -240,6 +254,15 @@ class SQLiteStorage(Storage):
         self._conn: sqlite3.Connection | None = None
         self._sync: str | None = None
         self._commits = 0
+        # Split sync (durability="full" on POSIX): transactions commit with synchronous=NORMAL,
+        # then callers of durable calls fsync the WAL themselves, outside the write lock, one
+        # fsync for every commit made before it started (see _sync_wal).
+        self._split = self._full and os.name == "posix"
+        self._sync_lock = threading.Lock()  # one fsync of the WAL at a time
+        self._wal_fd: int | None = None
+        self._committed = 0  # transactions with a durable call, numbered as they commit
+        self._synced = 0  # the highest of those numbers known to be on stable storage
+        self._sync_failed: OSError | None = None
         self._writes = 0  # bumped by every change this process makes; caches record it
         self._waiting: dict[int, int] = {}  # qid -> empty polls since a lease there found nothing
         self._qids: dict[str, int] = {}
@@ -256,6 +279,9 @@ class SQLiteStorage(Storage):
         """In a child after fork: abandon the parent's connection and locks."""
         if self._conn is not None:
             _abandoned.append(self._conn)
+        if self._wal_fd is not None:  # this process's copy of the descriptor only
+            with contextlib.suppress(OSError):
+                os.close(self._wal_fd)
         self._init_process_state()
 
     def __repr__(self) -> str:
@@ -324,7 +350,7 @@ class SQLiteStorage(Storage):
             if str(mode).lower() != "wal":
                 raise StorageError(f"SQLite database {path!r} cannot use WAL mode (journal_mode is {mode})")
             conn.execute("PRAGMA journal_size_limit = 67108864")
-            self._set_sync(conn, "FULL" if self._full else "NORMAL")
+            self._set_sync(conn, "FULL" if self._full and not self._split else "NORMAL")
             if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
                 self._create_or_upgrade(conn)
         except sqlite3.Error as error:
@@ -395,7 +421,40 @@ class SQLiteStorage(Storage):
             self._lead()
         if op.error is not None:
             raise op.error
+        if op.sync:
+            self._sync_wal(op.sync)
         return op.result
+
+    def _sync_wal(self, number: int) -> None:
+        """Make commit ``number`` durable: fsync the WAL, unless an fsync that started after
+        that commit already finished. One fsync serves every commit made before it began, and
+        it runs outside the write lock, so the next transaction proceeds meanwhile.
+
+        Same promise as ``synchronous=FULL``, which syncs the WAL at each commit: a checkpoint
+        (which syncs the WAL before and the database after copying) or a WAL reset (only after
+        a complete checkpoint) never leaves a committed frame on neither synced file."""
+        with self._sync_lock:
+            if self._sync_failed is not None:
+                raise StorageError(
+                    f"SQLite database {self.path!r}: an earlier fsync of the WAL failed ({self._sync_failed}); "
+                    "committed changes may not be on stable storage, reopen the storage"
+                )
+            if self._synced >= number:
+                return
+            target = self._committed  # every transaction numbered up to here has committed
+            try:
+                fd = self._wal_fd
+                if fd is None:
+                    fd = self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                _fdatasync(fd)
+            except FileNotFoundError:
+                pass  # only once every connection closed, the last one checkpointing (with syncs) first
+            except OSError as error:
+                self._sync_failed = error
+                raise StorageError(
+                    f"SQLite database {self.path!r}: committed, but the WAL could not be synced: {error}"
+                ) from error
+            self._synced = target
 
     def _lead(self) -> None:
         if self._crowd > 1:  # callers just served are about to call again: let them join this batch
@@ -451,7 +510,8 @@ class SQLiteStorage(Storage):
 
     def _transaction(self, conn: sqlite3.Connection, todo: list[_Op]) -> None:
         try:
-            self._set_sync(conn, "FULL" if self._full and any(op.durable for op in todo) else "NORMAL")
+            durable = self._full and any(op.durable for op in todo)
+            self._set_sync(conn, "FULL" if durable and not self._split else "NORMAL")
             self._begin(conn)
         except BaseException as error:
             for op in todo:
@@ -483,6 +543,11 @@ class SQLiteStorage(Storage):
                 if self._commits % _VACUUM_EVERY == 0:
                     self._vacuum(conn)
             conn.execute("COMMIT")
+            if durable and self._split:
+                self._committed += 1
+                for op in todo:
+                    if op.durable and op.error is None:
+                        op.sync = self._committed
         except BaseException as error:
             try:
                 if conn.in_transaction:
@@ -996,6 +1061,11 @@ class SQLiteStorage(Storage):
                     self._vacuum(conn)
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        with self._sync_lock:
+            fd, self._wal_fd = self._wal_fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def from_url(rest: str) -> SQLiteStorage:
