@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import heapq
 import itertools
 import logging
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import ClassVar, Final, Literal, final
+from typing import Any, ClassVar, Final, Literal, final
 
 from .. import _validate
 from .._errors import CorruptStorage, StorageError, StorageLocked
@@ -38,6 +40,10 @@ _WRITE_CHUNK: Final = 1 << 20
 _EXPIRED: Final = float("-inf")
 _NO_HEADERS: Final[dict[str, str]] = {}
 _PUT_FAST: Final = struct.Struct("<dQII")  # a PUT record's head and its queue name's length
+_U32: Final = struct.Struct("<I")
+_NEVER: Final = float("inf")
+_NO_PRIORITY: Final = 1 << 40  # no i32 priority: the run has not looked up an eligible heap yet
+_RUN_STRUCTS: dict[int, struct.Struct] = {}
 _SYNCED_KINDS: Final = frozenset((_log.PUT, _log.ACK, _log.NACK, _log.REJECT, _log.REDRIVE, _log.PURGE, _log.SPEC))
 
 Durability = Literal["full", "normal"]
@@ -45,6 +51,36 @@ Durability = Literal["full", "normal"]
 
 class _Diverged(Exception):
     """Replaying a record gave another result than the one it recorded."""
+
+
+def _run_struct(name_size: int) -> struct.Struct:
+    """The layout of a whole one-message PUT record into a queue whose name has ``name_size``
+    bytes, up to its body: frame, put head, name, envelope."""
+    found = _RUN_STRUCTS.get(name_size)
+    if found is None:
+        found = _RUN_STRUCTS[name_size] = struct.Struct(f"<IIBdQII{name_size}siBdI")
+    return found
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the log is replayed, if it is enabled.
+
+    Replay creates one tracked object (an index ``Entry``) per live message and none of them is
+    garbage; every full collection during replay traverses all of them again (for 1M messages,
+    8 full collections took 0.65 s of a 1.9 s open). Reference counting still frees everything
+    else at once, and the collector runs again as soon as the replay ends. The pause is
+    process-wide, like the collector; an application that disabled the collector itself keeps it
+    disabled.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -200,8 +236,9 @@ class FileStorage(Storage):
                     f"{_log.segment_name(before)} and {_log.segment_name(after)}"
                 )
         last_kind = 0
-        for position, number in enumerate(segments):
-            last_kind = self._replay(number, newest=position == len(segments) - 1, last_kind=last_kind)
+        with _collector_paused():
+            for position, number in enumerate(segments):
+                last_kind = self._replay(number, newest=position == len(segments) - 1, last_kind=last_kind)
         if segments:
             self._segment = segments[-1]
             self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
@@ -248,33 +285,8 @@ class FileStorage(Storage):
                 return last_kind
             raise CorruptStorage(f"{path}: bad file header at offset 0: {exc}") from None
         start = _log.HEADER_SIZE
-        apply = self._apply
         while True:
-            stopped: _log.Bad | None = None
-            for item in _log.scan(data, start):
-                if isinstance(item, _log.Bad):
-                    stopped = item
-                    break
-                offset, kind, payload = item
-                try:
-                    apply(kind, payload)
-                except _Diverged as exc:
-                    if not self.salvage:
-                        raise CorruptStorage(
-                            f"{path}: {_log.NAMES[kind]} record at offset {offset}: replay diverged: {exc}"
-                        ) from None
-                    log.error(
-                        "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], offset, exc
-                    )
-                except (ValueError, KeyError, IndexError, TypeError, _log.CorruptRecord) as exc:
-                    if not self.salvage:
-                        raise CorruptStorage(
-                            f"{path}: {_log.NAMES[kind]} record at offset {offset} does not decode: {exc!r}"
-                        ) from None
-                    log.error("mqlite: %s: skipping %s record at offset %d: %r", path, _log.NAMES[kind], offset, exc)
-                    continue
-                last_kind = kind
-                self.replayed_records += 1
+            stopped, last_kind = self._replay_records(data, start, path, last_kind)
             if stopped is None:
                 return last_kind
             tail = data[stopped.offset :]
@@ -308,6 +320,155 @@ class FileStorage(Storage):
             start = resumed
 
     # -- replay ------------------------------------------------------------------------------
+
+    def _replay_records(self, data: bytes, start: int, path: str, last_kind: int) -> tuple[_log.Bad | None, int]:
+        """Apply the records of segment ``data`` from offset ``start``; return where a bad record
+        stopped the scan (None at the end of the data) and the type of the last record applied.
+
+        Every record's checksum is verified before it is applied. Most records go through
+        :meth:`_apply`. A *run* of plain puts into one queue (one message each, without group,
+        dedup key, headers or delay, into a queue with no dedup window entries and nothing due),
+        the bulk of a log written by producers, is inserted by the loop itself: one
+        ``unpack_from`` reads the frame, the put head, the queue name and the envelope of such a
+        record, and the entry goes straight into the queue's eligible heap, as ``Index.put``
+        would put it. The run state (queue, due time, eligible heap) is checked once, when the
+        run starts after a record that went through :meth:`_apply`; plain puts change none of it.
+        """
+        view = memoryview(data)
+        size = len(data)
+        pos = start
+        frame_unpack = _log.FRAME.unpack_from
+        frame_size = _log.FRAME_SIZE
+        crc32 = zlib.crc32
+        types = _log.TYPES
+        apply = self._apply
+        heappush = heapq.heappush
+        put_kind = _log.PUT
+        replayed = 0
+        index = self._index
+        last_id = index.last_id
+        # The current run of plain puts; run_unpack is None outside a run.
+        run_unpack: Callable[[bytes, int], tuple[Any, ...]] | None = None
+        run_size = run_fixed = run_name_size = 0
+        run_name = b""
+        run_due = 0.0
+        run_queue: QueueIndex | None = None
+        run_entries: dict[int, Entry] = {}
+        run_eligible: dict[int, list[int]] = {}
+        run_priority = _NO_PRIORITY
+        run_heap: list[int] = []
+        try:
+            while pos < size:
+                if run_unpack is not None and pos + run_size <= size:
+                    crc, length, kind, now, mid, count, name_size, name, priority, flags, delay, body_size = (
+                        run_unpack(data, pos)
+                    )
+                    end = pos + frame_size + length
+                    if (
+                        kind == put_kind
+                        and count == 1
+                        and name_size == run_name_size
+                        and name == run_name
+                        and not flags
+                        and delay <= 0.0
+                        and body_size == length - run_fixed
+                        and mid > last_id
+                        and now < run_due
+                        and end <= size
+                        and crc32(view[pos + 4 : end]) == crc
+                    ):
+                        if priority != run_priority:
+                            heap = run_eligible.get(priority)
+                            if heap is not None:
+                                run_priority, run_heap = priority, heap
+                        if priority == run_priority:
+                            run_entries[mid] = Entry(
+                                data[end - body_size : end],
+                                priority,
+                                None,
+                                _NO_HEADERS,
+                                now,
+                                READY,
+                                now,
+                            )
+                            heappush(run_heap, mid)
+                            run_queue.n_ready += 1  # type: ignore[union-attr]
+                            last_id = index.last_id = mid
+                            replayed += 1
+                            last_kind = put_kind
+                            pos = end
+                            continue
+                        # a priority without an eligible heap yet: _apply creates it
+                # any other record: the general path
+                if pos + frame_size > size:
+                    return _log.Bad(pos, "incomplete record header", True), last_kind
+                crc, length, kind = frame_unpack(data, pos)
+                end = pos + frame_size + length
+                if end > size:
+                    return _log.Bad(pos, f"record of {length} bytes runs past the end of the file", True), last_kind
+                if crc32(view[pos + 4 : end]) != crc:
+                    return _log.Bad(pos, "checksum mismatch", end == size), last_kind
+                if kind not in types:
+                    return _log.Bad(pos, f"unknown record type {kind}", end == size), last_kind
+                run_unpack = None
+                try:
+                    apply(kind, view[pos + frame_size : end])
+                except _Diverged as exc:
+                    if not self.salvage:
+                        raise CorruptStorage(
+                            f"{path}: {_log.NAMES[kind]} record at offset {pos}: replay diverged: {exc}"
+                        ) from None
+                    log.error(
+                        "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], pos, exc
+                    )
+                except (ValueError, KeyError, IndexError, TypeError, _log.CorruptRecord) as exc:
+                    if not self.salvage:
+                        raise CorruptStorage(
+                            f"{path}: {_log.NAMES[kind]} record at offset {pos} does not decode: {exc!r}"
+                        ) from None
+                    log.error("mqlite: %s: skipping %s record at offset %d: %r", path, _log.NAMES[kind], pos, exc)
+                    index = self._index
+                    last_id = index.last_id
+                    pos = end
+                    continue
+                last_kind = kind
+                replayed += 1
+                index = self._index
+                last_id = index.last_id
+                if kind == put_kind:
+                    run = self._put_run(view[pos + frame_size : end])
+                    if run is not None:
+                        run_queue, run_name, run_due = run
+                        run_name_size = len(run_name)
+                        run_struct = _run_struct(run_name_size)
+                        run_unpack, run_size = run_struct.unpack_from, run_struct.size
+                        run_fixed = run_size - frame_size  # the payload bytes before the body
+                        run_entries, run_eligible = run_queue.entries, run_queue.eligible
+                        run_priority, run_heap = _NO_PRIORITY, []
+                pos = end
+            return None, last_kind
+        finally:
+            self.replayed_records += replayed
+
+    def _put_run(self, payload: memoryview) -> tuple[QueueIndex, bytes, float] | None:
+        """After a PUT record was applied: its queue, the queue name's bytes and the time from
+        which something in the queue is due, if plain puts into that queue can follow as a run
+        (the queue has no dedup entries to expire); else None."""
+        (name_size,) = _U32.unpack_from(payload, _log.PUT_HEAD.size)
+        start = _log.PUT_HEAD.size + 4
+        name = payload[start : start + name_size].tobytes()
+        queue = self._names.get(name)
+        if queue is None:
+            queue = self._names[name] = name.decode("utf-8", "surrogatepass")
+        target = self._index.queues.get(queue)
+        if target is None or target.dedup:
+            return None
+        due = _NEVER
+        if target.delayed:
+            due = target.delayed[0][0]
+        if target.in_flight:
+            due = min(due, target.in_flight[0][0])
+        return target, name, due
 
     def _apply(self, kind: int, buf: memoryview) -> None:
         """Apply one record to the index, as the call that wrote it did."""
