@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import os
 import sqlite3
 import threading
@@ -114,6 +115,11 @@ _INSERT: Final = (
     "INSERT INTO mq_messages (id, qid, state, priority, grp, deadline, attempts, token, enqueued_at, headers, body)"
     " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
 )
+_INSERT_PLAIN: Final = (
+    "INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
+    " VALUES (?1, {qid}, 0, 0, ?2, 0, 0, ?2, ?3)"
+)
+"""A batch of ready messages with default options (``qid`` is formatted in: an int)."""
 _PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
 _PEEK: Final = f"""
 SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY priority DESC, id LIMIT ?2)
@@ -138,6 +144,8 @@ SELECT min(d) FROM (
 
 _EMPTY_HEADERS: Mapping[str, str] = {}
 _PLAIN: Final = Envelope(None)[1:]  # the options of an envelope put with every default
+_OPTIONS: Final = operator.itemgetter(slice(1, None))  # an envelope's options
+_BODY: Final = operator.itemgetter(0)
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
 _MISS: Final = object()
 _VACUUM_EVERY: Final = 256  # write commits between free-page checks
@@ -699,20 +707,12 @@ class SQLiteStorage(Storage):
         last = conn.execute("UPDATE mq_counter SET last_id = last_id + ? RETURNING last_id", (fresh,)).fetchone()[0]
         next_id = last - fresh + 1
         self._writes += 1
-        if not duplicates and all(envelope[1:] == _PLAIN for envelope in envelopes):  # default options
+        if not duplicates and all(map(_PLAIN.__eq__, map(_OPTIONS, envelopes))):  # default options
+            # Ready rows with default options: only the id, the time and the body vary, so only
+            # they are bound (binding the constant and NULL columns too costs ~40 % more).
             conn.executemany(
-                _INSERT,
-                zip(
-                    range(next_id, next_id + count),
-                    repeat(qid),
-                    repeat(READY),
-                    repeat(0),
-                    repeat(None),
-                    repeat(now),
-                    repeat(now),
-                    repeat(None),
-                    [envelope[0] for envelope in envelopes],
-                ),
+                _INSERT_PLAIN.format(qid=int(qid)),
+                zip(range(next_id, next_id + count), repeat(now), map(_BODY, envelopes)),
             )
             return list(range(next_id, next_id + count))
         rows = []
