@@ -266,24 +266,21 @@ _FILL_BATCH = 10_000
 _templates: dict[tuple[int, bool], str] = {}
 
 
-def _fill(path: str, sent: list[bytes], compact: bool) -> None:
-    """Store ``sent`` through a Queue (normal durability: the fill is not what is measured),
-    close; with ``compact``, compact first so the next open starts from a snapshot."""
-    storage = FileStorage(path, durability="normal")
-    q: Queue[bytes] = Queue(QUEUE, storage, serializer=RAW, lease=300.0)
+def _fill(path: str, sent: list[bytes]) -> None:
+    """Store ``sent`` through a Queue (normal durability: the fill is not what is measured)."""
+    q: Queue[bytes] = Queue(QUEUE, FileStorage(path, durability="normal"), serializer=RAW, lease=300.0)
     try:
         for i in range(0, len(sent), _FILL_BATCH):
             q.put_many(sent[i : i + _FILL_BATCH])
-        if compact:
-            storage.compact()
     finally:
         _close(q)
 
 
 def _template(n: int, compact: bool) -> str:
-    """A closed log of n live messages (bodies ``bodies(0, n)``), filled once per process and
+    """A closed log of n live messages (bodies ``bodies(0, n)``), made once per process and
     copied for each run (filling 1M messages takes longer than the reopen measured); removed
-    when the process exits."""
+    when the process exits. With ``compact``: a copy of the log, opened and compacted, so it
+    starts with a snapshot of them."""
     key = (n, compact)
     path = _templates.get(key)
     if path is None or not os.path.isdir(path):
@@ -292,7 +289,15 @@ def _template(n: int, compact: bool) -> str:
         parent = tempfile.mkdtemp(prefix="mqlite-bench-", dir=os.environ.get("MQLITE_BENCH_DIR"))
         path = os.path.join(parent, "log")
         _templates[key] = path
-        _fill(path, bodies(0, n), compact)
+        if compact:
+            shutil.copytree(_template(n, False), path)
+            storage = FileStorage(path, durability="normal")
+            try:
+                storage.compact()
+            finally:
+                storage.close()
+        else:
+            _fill(path, bodies(0, n))
     return path
 
 
