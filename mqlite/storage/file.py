@@ -19,6 +19,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final, Literal, final
@@ -44,6 +45,8 @@ _U32: Final = struct.Struct("<I")
 _NEVER: Final = float("inf")
 _NO_PRIORITY: Final = 1 << 40  # no i32 priority: the run has not looked up an eligible heap yet
 _RUN_STRUCTS: dict[int, struct.Struct] = {}
+_MAX_GATHER: Final = 0.005  # seconds: the longest a sync waits for callers about to append
+_NO_GATHER: Final = contextlib.nullcontext()
 _SYNCED_KINDS: Final = frozenset((_log.PUT, _log.ACK, _log.NACK, _log.REJECT, _log.REDRIVE, _log.PURGE, _log.SPEC))
 
 Durability = Literal["full", "normal"]
@@ -81,6 +84,51 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+class _Gather:
+    """``with storage._gather:`` around the part of a synced call that appends its record: counts
+    the caller in ``_pending`` until it has appended (or given up), so that a sync about to start
+    waits for its record (see ``FileStorage._commit``). Does nothing with durability "normal"."""
+
+    __slots__ = ("storage",)
+
+    def __init__(self, storage: FileStorage) -> None:
+        self.storage = storage
+
+    def __enter__(self) -> None:
+        storage = self.storage
+        if storage._full:
+            with storage._sync_mutex:
+                storage._pending += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        storage = self.storage
+        if storage._full:
+            with storage._sync_mutex:
+                storage._pending -= 1
+                gate = storage._gatherer
+                if gate is not None and not storage._pending:
+                    storage._gatherer = None
+                    gate.release()
+
+
+_COVERED: Final = 1
+_LEAD: Final = 2
+_FAILED: Final = 3
+
+
+class _Waiter:
+    """A caller waiting for a sync past ``end``: blocked on its own ``gate`` until the leader sets
+    ``outcome`` (covered by a sync, now the leader, or the sync failed) and releases it."""
+
+    __slots__ = ("end", "gate", "outcome")
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.outcome = 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -137,8 +185,14 @@ class FileStorage(Storage):
         self.salvage = bool(salvage)
         self._full = durability == "full"
         self._lock = threading.Lock()
-        self._sync_cv = threading.Condition(threading.Lock())
-        self._syncing = False
+        self._sync_mutex = threading.Lock()  # guards the group-commit state below
+        self._sync_idle = threading.Condition(self._sync_mutex)  # notified when _syncing becomes False
+        self._syncing = False  # a leader is gathering or syncing; callers that need a sync wait for it
+        self._waiters: list[_Waiter] = []
+        self._pending = 0  # callers inside a synced call that have not appended yet (durability "full")
+        self._gatherer: threading.Lock | None = None  # released when _pending drops to 0
+        self._sync_seconds = 0.001  # how long the last fdatasync took: the most a sync waits for appends
+        self._gather = _Gather(self)
         self._index = Index()
         self._fd = -1
         self._segment = 0
@@ -621,37 +675,103 @@ class FileStorage(Storage):
         return end
 
     def _commit(self, end: int) -> None:
-        """With durability "full", return once the log is on disk up to ``end`` (group commit:
-        one caller syncs for every caller waiting, others wait for it)."""
+        """With durability "full", return once the log is on disk up to ``end``.
+
+        Group commit. The first caller to find no sync running becomes the *leader*; callers
+        arriving while a sync runs queue a private lock in ``_waiters`` and block on it (no
+        shared lock to take again when they wake). Before it syncs, the leader waits until the
+        callers already inside a synced call (``_pending``: between entering the call and
+        appending its record) have appended, for at most as long as the last sync took, so their
+        records share this sync instead of paying for the next one. It then syncs everything
+        appended so far with ``_sync_mutex`` released (appends go on meanwhile), wakes every
+        waiter the sync covered, and hands the lead to the first waiter it did not cover.
+        """
         if not self._full:
             return
-        cv = self._sync_cv
-        with cv:
-            while self._synced < end:
-                if self._syncing:
-                    cv.wait()
-                    continue
-                if self._failed is not None or self._fd < 0:
-                    raise StorageError(f"{self!r} could not make the record durable") from self._failed
+        mutex = self._sync_mutex
+        with mutex:
+            if self._synced >= end:
+                return
+            if self._syncing:
+                waiter = _Waiter(end)
+                self._waiters.append(waiter)
+            else:
+                waiter = None
                 self._syncing = True
-                fd, upto = self._fd, self._written
-                cv.release()
+        if waiter is not None:
+            waiter.gate.acquire()  # released by the leader whose sync covered us, or to hand us the lead
+            if waiter.outcome == _COVERED:
+                return
+            if waiter.outcome == _FAILED:
+                raise StorageError(f"{self!r} could not make the record durable") from self._failed
+        self._lead()
+
+    def _lead(self) -> None:
+        """Run one sync as the leader (``_syncing`` is set and this thread owns it)."""
+        mutex = self._sync_mutex
+        mutex.acquire()
+        try:
+            if self._pending and self._failed is None:
+                gate = threading.Lock()
+                gate.acquire()
+                self._gatherer = gate
+                mutex.release()
                 try:
+                    gate.acquire(timeout=self._sync_seconds)
+                finally:
+                    mutex.acquire()
+                    self._gatherer = None
+            fd, upto = self._fd, self._written
+            error: StorageError | None = None
+            if self._failed is not None or fd < 0:
+                error = StorageError(f"{self!r} could not make the record durable")
+            else:
+                mutex.release()
+                try:
+                    started = time.monotonic()
                     os.fdatasync(fd)
+                    self._sync_seconds = min(time.monotonic() - started, _MAX_GATHER)
                 except OSError as exc:
                     self._failed = exc
-                    raise StorageError(f"{self.path}: fdatasync failed: {exc}; the storage must be reopened") from exc
+                    error = StorageError(f"{self.path}: fdatasync failed: {exc}; the storage must be reopened")
                 finally:
-                    cv.acquire()
-                    self._syncing = False
-                    cv.notify_all()
-                self._synced = max(self._synced, upto)
+                    mutex.acquire()
+            if error is not None:
+                for waiter in self._waiters:
+                    waiter.outcome = _FAILED
+                    waiter.gate.release()
+                self._waiters = []
+                self._syncing = False
+                self._sync_idle.notify_all()
+                raise error from self._failed
+            self._synced = synced = max(self._synced, upto)
+            rest: list[_Waiter] = []
+            for waiter in self._waiters:
+                if waiter.end <= synced:
+                    waiter.outcome = _COVERED
+                    waiter.gate.release()
+                else:
+                    rest.append(waiter)
+            if rest:
+                successor = rest.pop(0)
+                successor.outcome = _LEAD
+                successor.gate.release()
+            else:
+                self._syncing = False
+                self._sync_idle.notify_all()
+            self._waiters = rest
+        finally:
+            mutex.release()
+
+    def _wait_idle(self) -> None:
+        """With ``_sync_mutex`` held: wait until no leader is syncing (then nobody waits either)."""
+        while self._syncing:
+            self._sync_idle.wait()
 
     def _swap_fd(self, fd: int, *, synced: bool) -> None:
         """Make ``fd`` the file appended to, closing the old one once no sync uses it."""
-        with self._sync_cv:
-            while self._syncing:
-                self._sync_cv.wait()
+        with self._sync_mutex:
+            self._wait_idle()
             old = self._fd
             if synced or not self._full:
                 pass
@@ -662,7 +782,6 @@ class FileStorage(Storage):
             self._fd = fd
             if self._full:
                 self._synced = self._written
-            self._sync_cv.notify_all()
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -694,7 +813,8 @@ class FileStorage(Storage):
         self._sizes[number] = self._seg_bytes
         self._written += _log.HEADER_SIZE
         if self._full:
-            self._synced = max(self._synced, self._written)
+            with self._sync_mutex:
+                self._synced = max(self._synced, self._written)
 
     # -- compaction --------------------------------------------------------------------------
 
@@ -828,7 +948,7 @@ class FileStorage(Storage):
         _validate.queue_name(spec.name)
         if spec.dead_letter:
             _validate.queue_name(spec.dead_letter, "dead_letter")
-        with self._lock:
+        with self._gather, self._lock:
             self._usable()
             known = self._index.queues.get(spec.name)
             if known is not None and known.spec == spec:
@@ -840,7 +960,7 @@ class FileStorage(Storage):
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
         envelopes = [self._checked(envelope) for envelope in envelopes]
         parts = _log.encode_envelopes(envelopes)
-        with self._lock:
+        with self._gather, self._lock:
             self._usable()
             self._tick(queue, now)
             index = self._index
@@ -882,7 +1002,7 @@ class FileStorage(Storage):
         extra: bytes,
     ) -> list[Outcome]:
         handles = [(int(mid), int(token)) for mid, token in handles]
-        with self._lock:
+        with self._gather if kind in _SYNCED_KINDS else _NO_GATHER, self._lock:
             self._usable()
             self._tick(queue, now)
             outcomes = call()
@@ -930,7 +1050,7 @@ class FileStorage(Storage):
         )
 
     def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
-        with self._lock:
+        with self._gather, self._lock:
             self._usable()
             self._tick(queue, now)
             self._tick(self._index.queue(queue).spec.dead_letter_queue, now)
@@ -942,7 +1062,7 @@ class FileStorage(Storage):
         return moved
 
     def purge(self, queue: str, now: float) -> int:
-        with self._lock:
+        with self._gather, self._lock:
             self._usable()
             self._tick(queue, now)
             removed = self._index.purge(queue, now)
@@ -985,18 +1105,14 @@ class FileStorage(Storage):
             try:
                 if self._failed is None and self._fd >= 0:
                     self._append(_log.CLOSE, b"")
-                    with self._sync_cv:
-                        while self._syncing:
-                            self._sync_cv.wait()
+                    with self._sync_mutex:
+                        self._wait_idle()
                         os.fdatasync(self._fd)
                         self._synced = self._written
-                        self._sync_cv.notify_all()
             finally:
-                with self._sync_cv:
-                    while self._syncing:
-                        self._sync_cv.wait()
+                with self._sync_mutex:
+                    self._wait_idle()
                     self._release_files()
-                    self._sync_cv.notify_all()
 
 
 def _restore(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:

@@ -1,0 +1,104 @@
+"""FileStorage group commit (durability "full"): a sync waits for callers about to append, and
+a failed sync fails its leader, every caller waiting for it, and the storage."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import mqlite
+from mqlite.storage import Envelope, QueueSpec
+from mqlite.storage.file import FileStorage
+
+T0 = 1_000_000.0
+
+
+def test_a_sync_waits_for_a_caller_about_to_append(tmp_path, monkeypatch):
+    """A put blocked on the storage's lock while another put appends is counted as pending; the
+    other put's sync waits for its record, so one fdatasync covers both."""
+    storage = FileStorage(str(tmp_path / "mq"), durability="full")
+    storage.open_queue(QueueSpec("q"))
+    entered = threading.Event()
+    real_gather = storage._gather
+
+    class Signalling:
+        def __enter__(self) -> None:
+            real_gather.__enter__()
+            if threading.current_thread() is second:
+                entered.set()
+
+        def __exit__(self, *exc_info: object) -> None:
+            real_gather.__exit__(*exc_info)
+
+    real_append = storage._append
+
+    def append(kind: int, payload: bytes) -> int:
+        end = real_append(kind, payload)
+        if threading.current_thread() is not second:
+            second.start()
+            assert entered.wait(timeout=60)  # the second put is now pending, waiting for our lock
+            storage._sync_seconds = 60.0  # the gather bound: only the second append can end the wait
+        return end
+
+    syncs: list[int] = []
+    real_sync = os.fdatasync
+
+    def counting_sync(fd: int) -> None:
+        syncs.append(storage._written)
+        real_sync(fd)
+
+    second = threading.Thread(target=storage.put, args=("q", [Envelope(b"second")], T0))
+    monkeypatch.setattr(storage, "_gather", Signalling())
+    monkeypatch.setattr(storage, "_append", append)
+    monkeypatch.setattr(os, "fdatasync", counting_sync)
+    storage.put("q", [Envelope(b"first")], T0)
+    second.join(timeout=60)
+    monkeypatch.undo()
+    assert len(syncs) == 1, f"two puts took {len(syncs)} syncs"
+    assert storage.counts("q", T0) == (2, 0, 0)
+    storage.close()
+
+
+def test_a_failed_fdatasync_fails_the_leader_and_every_waiter(tmp_path, monkeypatch):
+    storage = FileStorage(str(tmp_path / "mq"), durability="full")
+    storage.open_queue(QueueSpec("q"))
+    appended = threading.Condition()
+    puts: list[int] = []
+    real_append = storage._append
+
+    def counting_append(kind: int, payload: bytes) -> int:
+        end = real_append(kind, payload)
+        with appended:
+            puts.append(end)
+            appended.notify_all()
+        return end
+
+    def failing_sync(fd: int) -> None:
+        with appended:
+            assert appended.wait_for(lambda: len(puts) == 8, timeout=60)
+        raise OSError(5, "Input/output error")
+
+    errors: list[BaseException] = []
+
+    def put(n: int) -> None:
+        try:
+            storage.put("q", [Envelope(b"%d" % n)], T0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    monkeypatch.setattr(storage, "_append", counting_append)
+    monkeypatch.setattr(os, "fdatasync", failing_sync)
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    monkeypatch.undo()
+    assert len(errors) == 8
+    assert all(isinstance(error, mqlite.StorageError) for error in errors)
+    assert sum("fdatasync failed" in str(error) for error in errors) == 1
+    with pytest.raises(mqlite.StorageError, match="open the directory again"):
+        storage.put("q", [Envelope(b"later")], T0)
+    storage.close()
