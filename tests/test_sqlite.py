@@ -85,7 +85,8 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(mqlite.StorageError, match=r"schema version 99, newer than this mqlite knows \(1\)"):
+    knows = rf"schema version 99, newer than this mqlite knows \({sqlite_module.SCHEMA_VERSION}\)"
+    with pytest.raises(mqlite.StorageError, match=knows):
         SQLiteStorage(path)
 
 
@@ -94,15 +95,85 @@ def test_an_older_schema_is_upgraded_in_place(tmp_path, monkeypatch):
     storage = SQLiteStorage(path)
     [mid] = storage.put("q", [Envelope(b"kept")], T0) or []
     storage.close()
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_module._UPGRADES, 1, ("CREATE TABLE mq_example (x INTEGER)",))
+    version = sqlite_module.SCHEMA_VERSION
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", version + 1)
+    monkeypatch.setitem(sqlite_module._UPGRADES, version, ("CREATE TABLE mq_example (x INTEGER)",))
     storage = SQLiteStorage(path)
     assert [m.id for m in storage.peek("q", 5, T0)] == [mid]
     storage.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version + 1
     assert conn.execute("SELECT count(*) FROM mq_example").fetchone()[0] == 0
     conn.close()
+
+
+# The schema of version 1, frozen here so that the upgrade is tested on a real version-1 file.
+_SCHEMA_V1 = (
+    "CREATE TABLE mq_queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_attempts INTEGER,"
+    " dead_letter TEXT NOT NULL DEFAULT '', dedup_window REAL NOT NULL DEFAULT 300.0)",
+    "CREATE TABLE mq_counter (k INTEGER PRIMARY KEY CHECK (k = 0), last_id INTEGER NOT NULL)",
+    "INSERT INTO mq_counter VALUES (0, 0)",
+    "CREATE TABLE mq_messages (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, state INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL, grp TEXT, deadline REAL NOT NULL, attempts INTEGER NOT NULL,"
+    " token INTEGER NOT NULL, enqueued_at REAL NOT NULL, headers TEXT, dead_from TEXT, body BLOB NOT NULL)",
+    "CREATE INDEX mq_ready ON mq_messages (qid, priority DESC, id) WHERE state = 0",
+    "CREATE INDEX mq_delayed ON mq_messages (qid, deadline) WHERE state = 1",
+    "CREATE INDEX mq_leased ON mq_messages (qid, deadline) WHERE state = 2",
+    "CREATE INDEX mq_group ON mq_messages (qid, grp, id) WHERE grp IS NOT NULL",
+    "CREATE INDEX mq_busy ON mq_messages (qid, grp) WHERE state = 2 AND grp IS NOT NULL",
+    "CREATE INDEX mq_dead ON mq_messages (qid, dead_from, id) WHERE dead_from IS NOT NULL",
+    "CREATE TABLE mq_dedup (qid INTEGER NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL,"
+    " first_at REAL NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID",
+)
+
+
+def test_a_version_1_file_is_upgraded_keeping_every_message_state_and_id(tmp_path):
+    """Version 1 kept ready rows' deadline at their ready time, three indexes and a counter
+    table; version 2 keeps -priority in a ready row's deadline and the counter in a row."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {sqlite_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO mq_queues (qid, name, max_attempts, dead_letter) VALUES (1, 'q', 3, '')")
+    conn.execute("INSERT INTO mq_queues (qid, name, max_attempts, dead_letter) VALUES (2, 'q.dead', 3, '')")
+    rows = [  # id, qid, state, priority, grp, deadline, attempts, token, dead_from, body
+        (1, 1, 0, 0, None, T0 - 5, 0, 0, None, b"ready p0"),
+        (2, 1, 2, 0, None, T0 + 30, 1, 1, None, b"in flight"),
+        (3, 1, 1, 0, None, T0 + 10, 0, 0, None, b"delayed"),
+        (4, 1, 0, 5, None, T0 - 5, 1, 1, None, b"ready p5"),
+        (5, 1, 0, 0, "g", T0 - 5, 0, 0, None, b"group head"),
+        (6, 1, 0, 0, "g", T0 - 5, 0, 0, None, b"group second"),
+        (7, 2, 0, 0, None, 0, 0, 4, "q", b"dead"),
+    ]
+    conn.executemany(
+        "INSERT INTO mq_messages (id, qid, state, priority, grp, deadline, attempts, token, enqueued_at,"
+        " dead_from, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        rows,
+    )
+    conn.execute("UPDATE mq_counter SET last_id = 9")  # 8 and 9 were acked
+    conn.close()
+
+    storage = SQLiteStorage(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 2
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "mq_counter" not in names
+    assert "mq_ready" not in names
+    assert "mq_order" in names
+    conn.close()
+    assert storage.counts("q", T0) == (4, 1, 1)
+    assert [m.body for m in storage.lease("q", 10, T0, 30.0)] == [b"ready p5", b"ready p0", b"group head"]
+    assert storage.ack("q", [(2, 1)], T0) == [Outcome.DONE]  # the old delivery's token still works
+    assert storage.put("q", [Envelope(b"new")], T0) == [10]  # ids go on after the counter
+    assert storage.next_wakeup("q", T0) == T0 + 10
+    # the delayed message is due, ahead of the new one; the group waits for its head
+    assert [m.body for m in storage.lease("q", 5, T0 + 10, 30.0)] == [b"delayed", b"new"]
+    assert [m.body for m in storage.lease("q.dead", 5, T0, 30.0)] == [b"dead"]
+    assert storage.stats("q", T0 + 10).dead == 1
+    storage.close()
 
 
 def test_settings_are_checked_and_the_file_uses_wal_and_incremental_vacuum(tmp_path):
@@ -298,6 +369,6 @@ def test_acked_rows_are_deleted_and_free_pages_returned(tmp_path):
         assert storage.ack("q", [(m.id, m.token) for m in leased], T0) == [Outcome.DONE] * len(leased)
     storage.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT count(*) FROM mq_messages").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM mq_messages WHERE qid > 0").fetchone()[0] == 0
     conn.close()
     assert os.path.getsize(path) < full / 2

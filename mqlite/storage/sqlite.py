@@ -1,18 +1,23 @@
 """``SQLiteStorage``: queues in one SQLite database file, shared by threads and processes.
 
-Layout (schema version 1, ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as
+Layout (schema version 2, ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as
 mqlite's):
 
 * ``mq_queues``: one row per queue: its number (``qid``) and the settings of its
   :class:`QueueSpec`, so every process applies the same max_attempts, dead-letter queue and
   dedup window.
 * ``mq_messages``: every unsettled message of every queue, one row each, keyed by its id.
-  ``state`` is 0 ready, 1 delayed, 2 in flight; ``deadline`` is ready_at when delayed and the
+  ``state`` is 0 ready, 1 delayed, 2 in flight; ``deadline`` is the row's place in its state:
+  ``-priority`` when ready (so one index, ``mq_order (qid, state, deadline)`` plus the implicit
+  id, gives both the delivery order of ready rows and the time order of delayed and in-flight
+  rows, and a lease or ack rewrites one index page, not two), ready_at when delayed and the
   lease's end in flight; ``token`` counts the deliveries the message ever had (plus one burnt
   value each time it dies or is redriven), so ``(id, token)`` names one delivery and never
   comes back. ``dead_from`` is the queue a dead letter died in. Acked rows are deleted.
+  One more row, id ``2**63 - 1`` in no queue (qid 0, state 3), keeps the last id given in its
+  ``token``, so ids never repeat even after the newest row is acked; it sits next to the
+  newest messages, so a put rewrites the page it writes anyway instead of one more.
 * ``mq_dedup``: ``(qid, dedup_key) -> (id, first put time)``.
-* ``mq_counter``: the last id given, so ids never repeat even after the newest row is acked.
 
 Every call runs in one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the
 queue it names (due delays become ready, ended leases fail their attempt) and then does its
@@ -64,7 +69,7 @@ from .base import (
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage", "from_url"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema this code writes (``PRAGMA user_version``)."""
 APPLICATION_ID: Final = 0x6D714C74
 """``PRAGMA application_id`` of an mqlite database ("mqLt")."""
@@ -72,20 +77,20 @@ APPLICATION_ID: Final = 0x6D714C74
 READY: Final = 0
 DELAYED: Final = 1
 IN_FLIGHT: Final = 2
+_COUNTER_ID: Final = 2**63 - 1
+"""The id of the row that holds the last id given (in its ``token``)."""
 
 _SCHEMA: Final = (
     "CREATE TABLE mq_queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_attempts INTEGER,"
     " dead_letter TEXT NOT NULL DEFAULT '', dedup_window REAL NOT NULL DEFAULT 300.0)",
-    "CREATE TABLE mq_counter (k INTEGER PRIMARY KEY CHECK (k = 0), last_id INTEGER NOT NULL)",
-    "INSERT INTO mq_counter VALUES (0, 0)",
     "CREATE TABLE mq_messages (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, state INTEGER NOT NULL,"
     " priority INTEGER NOT NULL, grp TEXT, deadline REAL NOT NULL, attempts INTEGER NOT NULL,"
     " token INTEGER NOT NULL, enqueued_at REAL NOT NULL, headers TEXT, dead_from TEXT, body BLOB NOT NULL)",
-    # The claim: ready rows of one queue in delivery order (priority desc, id asc).
-    "CREATE INDEX mq_ready ON mq_messages (qid, priority DESC, id) WHERE state = 0",
-    # Applying time and next_wakeup: delayed rows and in-flight rows, each by deadline.
-    "CREATE INDEX mq_delayed ON mq_messages (qid, deadline) WHERE state = 1",
-    "CREATE INDEX mq_leased ON mq_messages (qid, deadline) WHERE state = 2",
+    f"INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
+    f" VALUES ({_COUNTER_ID}, 0, 3, 0, 0, 0, 0, 0, X'')",
+    # The claim: ready rows of one queue in delivery order (deadline = -priority, then id);
+    # applying time and next_wakeup: delayed and in-flight rows by deadline. Counts by state.
+    "CREATE INDEX mq_order ON mq_messages (qid, state, deadline)",
     # Group heads: the lowest id of a group; and whether a group has a message in flight.
     "CREATE INDEX mq_group ON mq_messages (qid, grp, id) WHERE grp IS NOT NULL",
     "CREATE INDEX mq_busy ON mq_messages (qid, grp) WHERE state = 2 AND grp IS NOT NULL",
@@ -95,9 +100,21 @@ _SCHEMA: Final = (
     " first_at REAL NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID",
 )
 
-_UPGRADES: Final[dict[int, tuple[str, ...]]] = {}
-"""Statements taking the schema from version ``v`` to ``v + 1``, run at open in one transaction.
-Version 1 is the first; a later version adds ``_UPGRADES[1] = (...)`` and bumps SCHEMA_VERSION."""
+_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
+    # 1 -> 2: one index for every state instead of three (ready rows keep -priority in their
+    # deadline), and the id counter moves from its own table into a row of mq_messages.
+    1: (
+        "DROP INDEX mq_ready",
+        "DROP INDEX mq_delayed",
+        "DROP INDEX mq_leased",
+        "UPDATE mq_messages SET deadline = -priority WHERE state = 0",
+        f"INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
+        f" SELECT {_COUNTER_ID}, 0, 3, 0, 0, 0, last_id, 0, X'' FROM mq_counter",
+        "DROP TABLE mq_counter",
+        "CREATE INDEX mq_order ON mq_messages (qid, state, deadline)",
+    ),
+}
+"""Statements taking the schema from version ``v`` to ``v + 1``, run at open in one transaction."""
 
 _CLAIM: Final = """
 UPDATE mq_messages SET state = 2, attempts = attempts + 1, token = token + 1, deadline = ?1
@@ -106,8 +123,9 @@ WHERE id IN (
     WHERE m.qid = ?2 AND m.state = 0
       AND (m.grp IS NULL OR (
             m.id = (SELECT min(g.id) FROM mq_messages AS g WHERE g.qid = ?2 AND g.grp = m.grp)
-            AND NOT EXISTS (SELECT 1 FROM mq_messages AS f WHERE f.qid = ?2 AND f.grp = m.grp AND f.state = 2)))
-    ORDER BY m.priority DESC, m.id
+            AND NOT EXISTS (SELECT 1 FROM mq_messages AS f INDEXED BY mq_busy
+                            WHERE f.qid = ?2 AND f.grp = m.grp AND f.state = 2 AND f.grp IS NOT NULL)))
+    ORDER BY m.deadline, m.id
     LIMIT ?3)
 RETURNING id, token, body, attempts, enqueued_at, priority, grp, headers
 """
@@ -117,12 +135,12 @@ _INSERT: Final = (
 )
 _INSERT_PLAIN: Final = (
     "INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
-    " VALUES (?1, {qid}, 0, 0, ?2, 0, 0, ?2, ?3)"
+    " VALUES (?1, {qid}, 0, 0, 0, 0, 0, ?2, ?3)"
 )
 """A batch of ready messages with default options (``qid`` is formatted in: an int)."""
 _PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
 _PEEK: Final = f"""
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY priority DESC, id LIMIT ?2)
+SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY deadline, id LIMIT ?2)
 UNION ALL
 SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1
                ORDER BY priority DESC, id LIMIT ?2)
@@ -609,7 +627,8 @@ class SQLiteStorage(Storage):
         if bound is not None and now < bound:
             return
         if conn.execute(
-            "UPDATE mq_messages SET state = 0 WHERE qid = ? AND state = 1 AND deadline <= ?", (qid, now)
+            "UPDATE mq_messages SET state = 0, deadline = -priority WHERE qid = ? AND state = 1 AND deadline <= ?",
+            (qid, now),
         ).rowcount:
             self._writes += 1
         expired = conn.execute(
@@ -625,8 +644,8 @@ class SQLiteStorage(Storage):
                 if limit is not None and attempts >= limit:
                     self._kill(conn, mid, spec, attempts, headers, "max_attempts", "lease expired")
                 else:
-                    back.append((now, mid))
-            conn.executemany("UPDATE mq_messages SET state = 0, deadline = ? WHERE id = ?", back)
+                    back.append((mid,))
+            conn.executemany("UPDATE mq_messages SET state = 0, deadline = -priority WHERE id = ?", back)
         deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
         self._bound[qid] = math.inf if deadline is None else deadline
 
@@ -651,7 +670,7 @@ class SQLiteStorage(Storage):
             headers.pop(DEATH_DETAIL, None)
         dead_qid = self._qid(conn, spec[2])
         conn.execute(
-            "UPDATE mq_messages SET qid = ?, state = 0, deadline = 0, attempts = 0, token = token + 1,"
+            "UPDATE mq_messages SET qid = ?, state = 0, deadline = -priority, attempts = 0, token = token + 1,"
             " headers = ?, dead_from = ? WHERE id = ?",
             (dead_qid, _dumps_headers(headers), spec[0], mid),
         )
@@ -704,7 +723,9 @@ class SQLiteStorage(Storage):
         if not fresh:
             assert duplicates is not None
             return [duplicates[position] for position in range(count)]
-        last = conn.execute("UPDATE mq_counter SET last_id = last_id + ? RETURNING last_id", (fresh,)).fetchone()[0]
+        last = conn.execute(
+            "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (fresh, _COUNTER_ID)
+        ).fetchone()[0]
         next_id = last - fresh + 1
         self._writes += 1
         if not duplicates and all(map(_PLAIN.__eq__, map(_OPTIONS, envelopes))):  # default options
@@ -731,7 +752,7 @@ class SQLiteStorage(Storage):
                 self._lower_bound(qid, ready_at)
                 state = DELAYED
             else:
-                ready_at = now
+                ready_at = -envelope.priority  # a ready row's deadline is its place in the claim order
                 state = READY
             rows.append(
                 (
@@ -841,7 +862,7 @@ class SQLiteStorage(Storage):
                 conn.execute("UPDATE mq_messages SET state = 1, deadline = ? WHERE id = ?", (ready_at, mid))
                 self._lower_bound(qid, ready_at)
             else:
-                conn.execute("UPDATE mq_messages SET state = 0, deadline = ? WHERE id = ?", (now, mid))
+                conn.execute("UPDATE mq_messages SET state = 0, deadline = -priority WHERE id = ?", (mid,))
             return Outcome.DONE
 
         self._writes += 1
@@ -853,7 +874,7 @@ class SQLiteStorage(Storage):
             if state != IN_FLIGHT:
                 return Outcome.NOOP
             conn.execute(
-                "UPDATE mq_messages SET state = 0, deadline = ?, attempts = attempts - 1 WHERE id = ?", (now, mid)
+                "UPDATE mq_messages SET state = 0, deadline = -priority, attempts = attempts - 1 WHERE id = ?", (mid,)
             )
             return Outcome.DONE
 
@@ -903,9 +924,9 @@ class SQLiteStorage(Storage):
         moved = []
         for mid, headers_text in rows:
             headers = {k: v for k, v in _loads_headers(headers_text).items() if k not in DEATH_HEADERS}
-            moved.append((qid, now, _dumps_headers(headers), mid))
+            moved.append((qid, _dumps_headers(headers), mid))
         conn.executemany(
-            "UPDATE mq_messages SET qid = ?, state = 0, deadline = ?, attempts = 0, token = token + 1,"
+            "UPDATE mq_messages SET qid = ?, state = 0, deadline = -priority, attempts = 0, token = token + 1,"
             " headers = ?, dead_from = NULL WHERE id = ?",
             moved,
         )
