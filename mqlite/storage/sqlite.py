@@ -290,6 +290,7 @@ class SQLiteStorage(Storage):
         self._synced = 0  # the highest of those numbers known to be on stable storage
         self._sync_failed: OSError | None = None
         self._writes = 0  # bumped by every change this process makes; caches record it
+        self._cached_at = -1  # the write count when a cache entry was last stored
         self._waiting: dict[int, int] = {}  # qid -> empty polls since a lease there found nothing
         self._qids: dict[str, int] = {}
         self._forget()
@@ -411,6 +412,13 @@ class SQLiteStorage(Storage):
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until busy_timeout."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the usual case, without the retry loop's set-up
+            return
+        except sqlite3.OperationalError as error:
+            text = str(error)
+            if "locked" not in text and "busy" not in text:
+                raise
         deadline = time.monotonic() + self.busy_timeout
         pause = 0.001
         while True:
@@ -513,7 +521,9 @@ class SQLiteStorage(Storage):
         fast = self._fast
         try:
             conn = self._connection()
-            if any(op.function.__name__ in fast for op in batch):
+            # A cache entry is only valid if stored at the current write count, so while none
+            # is, no call can be answered from the cache and the check is not needed.
+            if self._cached_at == self._writes and any(op.function.__name__ in fast for op in batch):
                 dv = conn.execute("PRAGMA data_version").fetchone()[0]
                 if dv != self._dv:
                     self._forget()
@@ -784,6 +794,7 @@ class SQLiteStorage(Storage):
         rows = conn.execute(_CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
         if not rows:
             self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
+            self._cached_at = self._writes
             self._waiting.setdefault(qid, 0)
             return []
         self._writes += 1
@@ -986,6 +997,7 @@ class SQLiteStorage(Storage):
         self._advance(conn, qid, now)
         deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
         self._wake[qid] = (self._writes, deadline)
+        self._cached_at = self._writes
         return self._polled(qid, now, deadline)
 
     def _fast_next_wakeup(self, queue: str, now: float) -> object:
