@@ -275,7 +275,6 @@ class SQLiteStorage(Storage):
         self._mutex = threading.Lock()  # guards _pending and _busy
         self._pending: list[_Op] = []
         self._busy = False
-        self._crowd = 0  # callers in the last batch
         self._conn_lock = threading.Lock()  # held by the leader while it runs a transaction
         self._conn: sqlite3.Connection | None = None
         self._sync: str | None = None
@@ -491,11 +490,8 @@ class SQLiteStorage(Storage):
             self._synced = target
 
     def _lead(self) -> None:
-        if self._crowd > 1:  # callers just served are about to call again: let them join this batch
-            time.sleep(0)
         with self._mutex:
             batch, self._pending = self._pending, []
-        self._crowd = len(batch)
         try:
             with self._conn_lock:
                 self._run(batch)
