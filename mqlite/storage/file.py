@@ -114,13 +114,13 @@ class _Gather:
 
 
 _COVERED: Final = 1
-_LEAD: Final = 2
+_RETRY: Final = 2
 _FAILED: Final = 3
 
 
 class _Waiter:
-    """A caller waiting for a sync past ``end``: blocked on its own ``gate`` until the leader sets
-    ``outcome`` (covered by a sync, now the leader, or the sync failed) and releases it."""
+    """A caller waiting for a sync past ``end``: blocked on its own ``gate`` until a leader sets
+    ``outcome`` (covered by a sync, to try again, or the sync failed) and releases it."""
 
     __slots__ = ("end", "gate", "outcome")
 
@@ -683,23 +683,24 @@ class FileStorage(Storage):
         callers already inside a synced call (``_pending``: between entering the call and
         appending its record) have appended, for at most as long as the last sync took, so their
         records share this sync instead of paying for the next one. It then syncs everything
-        appended so far with ``_sync_mutex`` released (appends go on meanwhile), wakes every
-        waiter the sync covered, and hands the lead to the first waiter it did not cover.
+        appended so far with ``_sync_mutex`` released (appends go on meanwhile) and wakes every
+        waiter the sync covered (:meth:`_release_covered`). If some were not covered, one of
+        them is woken to try again: whichever thread reaches ``_commit`` first leads the next
+        sync, often a caller that is already running, so no thread wake-up sits between syncs.
         """
         if not self._full:
             return
         mutex = self._sync_mutex
-        with mutex:
-            if self._synced >= end:
-                return
-            if self._syncing:
+        while True:
+            with mutex:
+                if self._synced >= end:
+                    return
+                if not self._syncing:
+                    self._syncing = True
+                    break
                 waiter = _Waiter(end)
                 self._waiters.append(waiter)
-            else:
-                waiter = None
-                self._syncing = True
-        if waiter is not None:
-            waiter.gate.acquire()  # released by the leader whose sync covered us, or to hand us the lead
+            waiter.gate.acquire()  # released once a sync covered us, it failed, or to try again
             if waiter.outcome == _COVERED:
                 return
             if waiter.outcome == _FAILED:
@@ -744,27 +745,34 @@ class FileStorage(Storage):
                 self._syncing = False
                 self._sync_idle.notify_all()
                 raise error from self._failed
-            self._synced = synced = max(self._synced, upto)
+            self._synced = max(self._synced, upto)
+            self._syncing = False
+            self._release_covered()
+        finally:
+            mutex.release()
+
+    def _release_covered(self) -> None:
+        """With ``_sync_mutex`` held and no sync running: wake the waiters that ``_synced``
+        covers, and one of the others (if any) to lead the next sync or wait again."""
+        waiters = self._waiters
+        if waiters:
+            synced = self._synced
             rest: list[_Waiter] = []
-            for waiter in self._waiters:
+            for waiter in waiters:
                 if waiter.end <= synced:
                     waiter.outcome = _COVERED
                     waiter.gate.release()
                 else:
                     rest.append(waiter)
             if rest:
-                successor = rest.pop(0)
-                successor.outcome = _LEAD
-                successor.gate.release()
-            else:
-                self._syncing = False
-                self._sync_idle.notify_all()
+                retry = rest.pop(0)
+                retry.outcome = _RETRY
+                retry.gate.release()
             self._waiters = rest
-        finally:
-            mutex.release()
+        self._sync_idle.notify_all()
 
     def _wait_idle(self) -> None:
-        """With ``_sync_mutex`` held: wait until no leader is syncing (then nobody waits either)."""
+        """With ``_sync_mutex`` held: wait until no leader is gathering or syncing."""
         while self._syncing:
             self._sync_idle.wait()
 
@@ -782,6 +790,7 @@ class FileStorage(Storage):
             self._fd = fd
             if self._full:
                 self._synced = self._written
+                self._release_covered()
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -815,6 +824,8 @@ class FileStorage(Storage):
         if self._full:
             with self._sync_mutex:
                 self._synced = max(self._synced, self._written)
+                if not self._syncing:
+                    self._release_covered()
 
     # -- compaction --------------------------------------------------------------------------
 
@@ -1109,6 +1120,7 @@ class FileStorage(Storage):
                         self._wait_idle()
                         os.fdatasync(self._fd)
                         self._synced = self._written
+                        self._release_covered()
             finally:
                 with self._sync_mutex:
                     self._wait_idle()
