@@ -1,6 +1,6 @@
-"""FileStorage replay: the inlined loop for runs of plain puts gives the index the general path
-gives it, checks every record's checksum, and still reports, cuts or salvages bad records
-inside such a run."""
+"""FileStorage replay: the inlined loop for runs of plain puts and the bulk path for batches of
+plain messages give the index the general path gives it, check every record's checksum, and
+still report, cut or salvage bad records."""
 
 from __future__ import annotations
 
@@ -105,7 +105,11 @@ def _mixed_log(directory: str, seed: int, *, segment_size: int = 64 << 20) -> An
         elif choice == 6:
             storage.purge("r", now)
         elif choice == 7:
-            storage.put("q", [Envelope(b"batch %d" % n) for n in range(rng.randrange(2, 6))], now)
+            priority = rng.choice((0, 0, 2))  # a batch of plain messages, now and then with mixed priorities
+            batch = [Envelope(b"batch %d" % n, priority) for n in range(rng.randrange(2, 60))]
+            if rng.random() < 0.2:
+                batch.append(Envelope(b"other priority", priority + 1))
+            storage.put(rng.choice(("q", "q", "r")), batch, now)
         else:
             storage.put(f"fresh{rng.randrange(3)}", [Envelope(b"new queue")], now)
     state = _state(storage, exact=False)
@@ -125,6 +129,7 @@ def test_runs_of_plain_puts_replay_to_the_state_the_log_was_written_from(tmp_pat
     storage.close()
     # The general path alone (no runs) builds exactly the same index, heap order included.
     monkeypatch.setattr(FileStorage, "_put_run", lambda self, payload: None)
+    monkeypatch.setattr(FileStorage, "_put_batch", lambda self, data, start, end: False)
     storage = FileStorage(directory + ".copy", durability="normal")
     assert _state(storage) == replayed
     assert storage.replayed_records == records
@@ -238,6 +243,45 @@ def test_a_run_stops_where_a_delayed_message_falls_due(tmp_path, monkeypatch, ti
     assert [m.body for m in storage.lease("q", 3, T0 + 3.0, 30.0)] == [b"first", b"delayed", b"plain 1"]
     storage.close()
     monkeypatch.setattr(FileStorage, "_put_run", lambda self, payload: None)
+    monkeypatch.setattr(FileStorage, "_put_batch", lambda self, data, start, end: False)
     storage = FileStorage(directory + ".copy", durability="normal")
     assert _state(storage) == replayed
     storage.close()
+
+
+def _batched(directory: str, batches: int, size: int) -> dict[int, bytes]:
+    storage = FileStorage(directory, durability="normal")
+    bodies: dict[int, bytes] = {}
+    for b in range(batches):
+        sent = [b"batch %d item %d" % (b, n) for n in range(size)]
+        ids = storage.put("q", [Envelope(body) for body in sent], T0 + b)
+        assert ids is not None
+        bodies.update(zip(ids, sent, strict=True))
+    storage.close()
+    return bodies
+
+
+def test_batches_of_plain_messages_replay_in_order(tmp_path):
+    directory = str(tmp_path / "mq")
+    bodies = _batched(directory, 20, 50)
+    storage = FileStorage(directory, durability="normal")
+    taken = storage.lease("q", 10**6, T0 + 100, 30.0)
+    storage.close()
+    assert [m.id for m in taken] == sorted(bodies)
+    assert all(m.body == bodies[m.id] for m in taken)
+
+
+def test_a_flipped_byte_in_a_batch_is_corruption_and_salvage_drops_only_that_batch(tmp_path, caplog):
+    directory = str(tmp_path / "mq")
+    bodies = _batched(directory, 20, 50)
+    [segment] = _segments(directory)
+    offsets = _record_offsets(segment)  # SPEC, then one PUT per batch, then CLOSE
+    victim = offsets[6]
+    _flip(segment, (victim + offsets[7]) // 2)
+    with pytest.raises(CorruptStorage, match=f"offset {victim}"):
+        FileStorage(directory)
+    with caplog.at_level(logging.ERROR, logger="mqlite.storage.file"):
+        found = _contents(directory, salvage=True)
+    assert caplog.records
+    assert len(found) == len(bodies) - 50
+    assert all(found[mid] == bodies[mid] for mid in found)

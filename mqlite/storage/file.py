@@ -466,7 +466,8 @@ class FileStorage(Storage):
                     return _log.Bad(pos, f"unknown record type {kind}", end == size), last_kind
                 run_unpack = None
                 try:
-                    apply(kind, view[pos + frame_size : end])
+                    if kind != put_kind or not self._put_batch(data, pos + frame_size, end):
+                        apply(kind, view[pos + frame_size : end])
                 except _Diverged as exc:
                     if not self.salvage:
                         raise CorruptStorage(
@@ -503,6 +504,64 @@ class FileStorage(Storage):
             return None, last_kind
         finally:
             self.replayed_records += replayed
+
+    def _put_batch(self, data: bytes, start: int, end: int) -> bool:
+        """Apply the PUT record ``data[start:end]`` if it is a batch of plain messages (several
+        envelopes, none with a group, dedup key, headers or delay) into a known queue with no
+        dedup entries and nothing due: build the entries straight from the bytes, without
+        ``Envelope`` objects, as ``Index.put`` would. Return False, having changed nothing, for
+        any other record (``_apply`` takes it)."""
+        now, first_id, count, name_size = _PUT_FAST.unpack_from(data, start)
+        index = self._index
+        if count < 2 or first_id <= index.last_id:
+            return False
+        pos = start + _PUT_FAST.size + name_size
+        name = data[start + _PUT_FAST.size : pos]
+        queue = self._names.get(name)
+        if queue is None:
+            queue = self._names[name] = name.decode("utf-8", "surrogatepass")
+        target = index.queues.get(queue)
+        if (
+            target is None
+            or target.dedup
+            or (target.delayed and target.delayed[0][0] <= now)
+            or (target.in_flight and target.in_flight[0][0] <= now)
+        ):
+            return False
+        unpack = _log.ENVELOPE.unpack_from
+        head = _log.ENVELOPE.size
+        bodies: list[bytes] = []
+        append = bodies.append
+        priorities: set[int] = set()
+        for _ in range(count):
+            if pos + head > end:
+                return False
+            priority, flags, delay, body_size = unpack(data, pos)
+            if flags or not delay <= 0.0:
+                return False
+            pos += head
+            append(data[pos : pos + body_size])
+            pos += body_size
+            priorities.add(priority)
+        if pos != end or len(priorities) != 1:
+            return False  # stray bytes (the general decoder reports them), or mixed priorities
+        (priority,) = priorities
+        entries = target.entries
+        mid = first_id
+        for body in bodies:
+            entries[mid] = Entry(body, priority, None, _NO_HEADERS, now, READY, now)
+            mid += 1
+        target.n_ready += count
+        index.last_id = mid - 1
+        heap = target.eligible.get(priority)
+        if heap is None:
+            heap = target.eligible[priority] = []
+            target.levels.append(priority)
+            target.levels.sort(reverse=True)
+        # Every id in any heap is at most the old last_id, below first_id: appended in order,
+        # the new ids keep the heap a heap (this is what pushing them one by one gives).
+        heap.extend(range(first_id, mid))
+        return True
 
     def _put_run(self, payload: memoryview) -> tuple[QueueIndex, bytes, float] | None:
         """After a PUT record was applied: its queue, the queue name's bytes and the time from
