@@ -285,3 +285,18 @@ def test_a_flipped_byte_in_a_batch_is_corruption_and_salvage_drops_only_that_bat
     assert caplog.records
     assert len(found) == len(bodies) - 50
     assert all(found[mid] == bodies[mid] for mid in found)
+
+
+@pytest.mark.parametrize("payload", [b"\x01\x02\x03", b"\x00" * 23, b"\x00" * 24 + b"\xff\xff\x00\x00"])
+def test_a_short_put_record_with_a_valid_checksum_is_corruption(tmp_path, payload):
+    """A record that passes its checksum but does not decode (a bug or a foreign writer) is
+    reported as corruption at its offset, by the general path and by the batch path alike."""
+    directory = str(tmp_path / "mq")
+    _plain(directory, 3)
+    [segment] = _segments(directory)
+    offset = os.path.getsize(segment)
+    with open(segment, "ab") as stream:
+        stream.write(_log.frame(_log.PUT, payload))
+        stream.write(_log.frame(_log.CLOSE, b""))
+    with pytest.raises(CorruptStorage, match=f"offset {offset} does not decode"):
+        FileStorage(directory)

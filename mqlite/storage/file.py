@@ -476,7 +476,7 @@ class FileStorage(Storage):
                     log.error(
                         "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], pos, exc
                     )
-                except (ValueError, KeyError, IndexError, TypeError, _log.CorruptRecord) as exc:
+                except (ValueError, KeyError, IndexError, TypeError, struct.error, _log.CorruptRecord) as exc:
                     if not self.salvage:
                         raise CorruptStorage(
                             f"{path}: {_log.NAMES[kind]} record at offset {pos} does not decode: {exc!r}"
@@ -511,11 +511,13 @@ class FileStorage(Storage):
         dedup entries and nothing due: build the entries straight from the bytes, without
         ``Envelope`` objects, as ``Index.put`` would. Return False, having changed nothing, for
         any other record (``_apply`` takes it)."""
+        if end - start < _PUT_FAST.size:
+            return False
         now, first_id, count, name_size = _PUT_FAST.unpack_from(data, start)
         index = self._index
-        if count < 2 or first_id <= index.last_id:
-            return False
         pos = start + _PUT_FAST.size + name_size
+        if count < 2 or first_id <= index.last_id or pos > end:
+            return False
         name = data[start + _PUT_FAST.size : pos]
         queue = self._names.get(name)
         if queue is None:
