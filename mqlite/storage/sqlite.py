@@ -129,6 +129,8 @@ WHERE id IN (
     LIMIT ?3)
 RETURNING id, token, body, attempts, enqueued_at, priority, grp, headers
 """
+_CLAIM_ONE: Final = _CLAIM.replace("WHERE id IN (", "WHERE id = (", 1)
+"""The claim of one message (a plain get): a scalar subquery, no list of ids to build (~2 us less)."""
 _INSERT: Final = (
     "INSERT INTO mq_messages (id, qid, state, priority, grp, deadline, attempts, token, enqueued_at, headers, body)"
     " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
@@ -787,7 +789,7 @@ class SQLiteStorage(Storage):
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
         expires_at = now + lease
-        rows = conn.execute(_CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
+        rows = conn.execute(_CLAIM_ONE if n == 1 else _CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
         if not rows:
             self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
             self._cached_at = self._writes
@@ -796,7 +798,8 @@ class SQLiteStorage(Storage):
         self._writes += 1
         self._waiting.pop(qid, None)
         self._lower_bound(qid, expires_at)
-        rows.sort(key=lambda row: (-row[5], row[0]))
+        if len(rows) > 1:  # RETURNING gives no order
+            rows.sort(key=lambda row: (-row[5], row[0]))
         return [
             Leased(mid, token, body, attempts, enqueued_at, priority, group, _loads_headers(headers), expires_at)
             for mid, token, body, attempts, enqueued_at, priority, group, headers in rows
