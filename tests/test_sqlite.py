@@ -268,6 +268,50 @@ def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(t
     storage.close()
 
 
+def test_plain_puts_of_one_batch_share_one_insert_and_get_ids_in_arrival_order(tmp_path, monkeypatch):
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.put("q", [Envelope(b"warm-up")], T0)
+    merged: list[int] = []
+    put_together = SQLiteStorage._put_together
+
+    def spy(self: SQLiteStorage, conn: sqlite3.Connection, todo: list) -> set:
+        answered = put_together(self, conn, todo)
+        merged.append(len(answered))
+        return answered
+
+    monkeypatch.setattr(SQLiteStorage, "_put_together", spy)
+    results: dict[str, object] = {}
+
+    def put(name: str, envelopes: list[Envelope]) -> None:
+        results[name] = storage.put("q", envelopes, T0)
+
+    storage._conn_lock.acquire()  # callers pile up behind the first
+    first = threading.Thread(target=put, args=("first", [Envelope(b"1")]))
+    first.start()
+    while not storage._busy or storage._pending:
+        pass
+    later = [
+        ("a", [Envelope(b"a")]),
+        ("delayed", [Envelope(b"d", delay=5.0)]),  # not plain: runs on its own
+        ("bc", [Envelope(b"b"), Envelope(b"c")]),
+    ]
+    threads = []
+    for number, (name, envelopes) in enumerate(later, 1):
+        threads.append(threading.Thread(target=put, args=(name, envelopes)))
+        threads[-1].start()
+        while len(storage._pending) < number:  # one at a time, so the arrival order is known
+            pass
+    storage._conn_lock.release()
+    for thread in [first, *threads]:
+        thread.join()
+    assert merged == [2]  # a and bc in one insert
+    assert results["a"] == [3]
+    assert results["bc"] == [4, 5]
+    assert results["delayed"] == [6]  # ran after the combined insert
+    assert [m.body for m in storage.lease("q", 10, T0, 30.0)] == [b"warm-up", b"1", b"a", b"b", b"c"]
+    storage.close()
+
+
 def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(tmp_path, monkeypatch):
     """durability="full": the transaction commits with synchronous=NORMAL, then the caller of a
     durable call fsyncs the WAL before returning; a lease does not wait for an fsync, and one

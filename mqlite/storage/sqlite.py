@@ -561,7 +561,10 @@ class SQLiteStorage(Storage):
                 op = todo[0]
                 op.result = op.function(conn, *op.args)
             else:
+                merged = self._put_together(conn, todo)
                 for op in todo:
+                    if op in merged:
+                        continue
                     conn.execute("SAVEPOINT mq_op")
                     try:
                         op.result = op.function(conn, *op.args)
@@ -595,6 +598,57 @@ class SQLiteStorage(Storage):
                 if op.error is None:
                     op.error = failure
                 op.result = None
+
+    def _put_together(self, conn: sqlite3.Connection, todo: list[_Op]) -> set[_Op]:
+        """Run the batch's plain puts to one queue (default options, no maxsize) as one id
+        range and one ``executemany``, instead of a savepoint, a counter update and an insert
+        each; return the calls so answered. Among themselves they get ids in the order they
+        arrived; they run before the batch's other calls (all of them concurrent, so any order
+        is one they may see). If the combined insert fails, it is rolled back and those puts run
+        one by one after all, so a bad call still fails alone."""
+        plain: dict[str, list[_Op]] = {}
+        for op in todo:
+            if op.function.__name__ == "_do_put":
+                queue, envelopes, _, maxsize = op.args
+                if not maxsize and envelopes and all(map(_PLAIN.__eq__, map(_OPTIONS, envelopes))):
+                    plain.setdefault(queue, []).append(op)
+        merged: set[_Op] = set()
+        for queue, ops in plain.items():
+            if len(ops) < 2:
+                continue
+            conn.execute("SAVEPOINT mq_merged")
+            try:
+                qid = self._qid(conn, queue)
+                self._advance(conn, qid, max(op.args[2] for op in ops))
+                total = sum(len(op.args[1]) for op in ops)
+                next_id = (
+                    conn.execute(
+                        "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (total, _COUNTER_ID)
+                    ).fetchone()[0]
+                    - total
+                    + 1
+                )
+                rows: list[tuple[int, float, object]] = []
+                for op in ops:
+                    _, envelopes, now, _ = op.args
+                    ids = range(next_id, next_id + len(envelopes))
+                    rows.extend(zip(ids, repeat(now), map(_BODY, envelopes)))
+                    op.result = list(ids)
+                    next_id += len(envelopes)
+                conn.executemany(_INSERT_PLAIN.format(qid=int(qid)), rows)
+                self._writes += 1
+            except Exception:
+                conn.execute("ROLLBACK TO mq_merged")
+                conn.execute("RELEASE mq_merged")
+                self._qids.clear()
+                self._forget()
+                self._writes += 1
+                for op in ops:
+                    op.result = None
+                continue
+            conn.execute("RELEASE mq_merged")
+            merged.update(ops)
+        return merged
 
     def _vacuum(self, conn: sqlite3.Connection) -> None:
         """Give free pages back to the file system, keeping some slack for reuse."""
