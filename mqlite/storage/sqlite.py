@@ -490,6 +490,10 @@ class SQLiteStorage(Storage):
                     f"SQLite database {self.path!r}: committed, but the WAL could not be synced: {error}"
                 ) from error
             self._synced = target
+            if self._closed and self._wal_fd is not None:  # close() ran while this call was syncing
+                with contextlib.suppress(OSError):
+                    os.close(self._wal_fd)
+                self._wal_fd = None
 
     def _lead(self) -> None:
         with self._mutex:
