@@ -7,6 +7,8 @@ import itertools
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 
@@ -174,6 +176,22 @@ def test_a_version_1_file_is_upgraded_keeping_every_message_state_and_id(tmp_pat
     assert [m.body for m in storage.lease("q.dead", 5, T0, 30.0)] == [b"dead"]
     assert storage.stats("q", T0 + 10).dead == 1
     storage.close()
+
+
+def test_opening_a_second_storage_keeps_the_first_ones_locks(tmp_path):
+    """Closing any descriptor of a file drops the process's POSIX locks on it; opening a second
+    storage on the same file must not, or another process closing its connection would think
+    it is the last one and delete the WAL that the first storage still uses."""
+    path = tmp_path / "q.db"
+    first = SQLiteStorage(path)
+    first.put("q", [Envelope(b"x")], T0)
+    second = SQLiteStorage(path)
+    code = f"import sqlite3; c = sqlite3.connect({str(path)!r}); c.execute('SELECT 1 FROM mq_queues'); c.close()"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert os.path.exists(f"{path}-wal")
+    assert [m.body for m in first.lease("q", 5, T0, 30.0)] == [b"x"]
+    second.close()
+    first.close()
 
 
 def test_settings_are_checked_and_the_file_uses_wal_and_incremental_vacuum(tmp_path):

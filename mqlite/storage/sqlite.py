@@ -335,11 +335,19 @@ class SQLiteStorage(Storage):
 
     def _open(self) -> sqlite3.Connection:
         path = self.path
+        # Create the file 0600 if missing, but never open and close a descriptor of an existing
+        # one: closing any descriptor of a file drops every POSIX lock this process holds on it,
+        # including the shared lock of a connection already open here, after which another
+        # process closing its last connection would checkpoint and delete the WAL in use.
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise StorageError(f"cannot open SQLite database {path!r}: not readable and writable") from None
         except OSError as error:
             raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
-        os.close(fd)
+        else:
+            os.close(fd)
         try:
             conn = sqlite3.connect(
                 path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
