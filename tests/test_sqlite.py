@@ -286,6 +286,23 @@ def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(t
     storage.close()
 
 
+def test_plain_batches_of_any_size_keep_ids_bodies_and_order(tmp_path):
+    """Plain batches are inserted 100 rows per statement, then row by row for the rest."""
+    storage = SQLiteStorage(tmp_path / "q.db", durability="normal")
+    expected: list[bytes] = []
+    next_id = 1
+    for size in (1, 99, 100, 101, 250):
+        bodies = [f"{size}-{i}".encode() for i in range(size)]
+        assert storage.put("q", [Envelope(body) for body in bodies], T0 + size) == list(range(next_id, next_id + size))
+        next_id += size
+        expected += bodies
+    leased = storage.lease("q", 1000, T0 + 1000, 30.0)
+    assert [m.body for m in leased] == expected
+    assert [m.id for m in leased] == list(range(1, next_id))
+    assert {m.enqueued_at for m in leased if m.body.startswith(b"101-")} == {T0 + 101}
+    storage.close()
+
+
 def test_plain_puts_of_one_batch_share_one_insert_and_get_ids_in_arrival_order(tmp_path, monkeypatch):
     storage = SQLiteStorage(tmp_path / "q.db")
     storage.put("q", [Envelope(b"warm-up")], T0)
