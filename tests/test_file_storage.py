@@ -310,6 +310,48 @@ def test_churn_keeps_the_directory_within_twice_peak_live_plus_one_segment(tmp_p
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
 
 
+def _directory_bytes(directory: str) -> int:
+    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
+
+
+@pytest.mark.parametrize("live", [60, 400])
+def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(tmp_path, monkeypatch, live):
+    """The directory's largest moment is inside a compaction, when the finished snapshot is
+    renamed in while every old segment is still there: measured at that rename, with a live set
+    smaller (60 messages) and several times larger (400) than a segment."""
+    directory = str(tmp_path / "mq")
+    segment_size = 8 << 10
+    storage = FileStorage(directory, durability="normal", segment_size=segment_size)
+    storage.open_queue(QueueSpec("q", None))
+    moments: list[int] = []
+    rename = os.rename
+
+    def measuring_rename(src: str, dst: str) -> None:
+        moments.append(_directory_bytes(directory))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", measuring_rename)
+    rng = random.Random(5)
+    peak_live = 0
+    worst = -(1 << 60)
+    now = T0
+    for _ in range(3_000):
+        now += 0.001
+        if storage.counts("q", now)[0] < live:
+            storage.put("q", [Envelope(b"p" * rng.randint(10, 120)) for _ in range(rng.randint(1, 8))], now)
+        else:
+            for message in storage.lease("q", rng.randint(1, 8), now, 30.0):
+                storage.ack("q", [(message.id, message.token)], now)
+        peak_live = max(peak_live, storage.live_bytes())
+        while moments:
+            worst = max(worst, moments.pop() - (2 * peak_live + segment_size))
+        worst = max(worst, _directory_bytes(directory) - (2 * peak_live + segment_size))
+    monkeypatch.undo()
+    assert storage.compactions > 3
+    storage.close()
+    assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
+
+
 def test_a_compaction_interrupted_before_its_rename_leaves_the_old_log(tmp_path):
     directory = str(tmp_path / "mq")
     bodies = _fill(directory, 100)

@@ -149,9 +149,10 @@ class FileStorage(Storage):
     them). ``"normal"``: every change is written to the OS before the call returns; it survives
     a killed process, not an OS crash or power loss.
 
-    ``segment_size``: the log rolls over to a new segment file past this size; at each roll, if
-    the log holds at least as many dead bytes as live ones, the live state is rewritten as a
-    snapshot segment and the older segments are deleted. ``salvage=True`` skips corrupt records
+    ``segment_size``: the log rolls over to a new segment file past this size. Every quarter
+    segment written, if the log holds half a segment of dead bytes or more, the live state is
+    rewritten as a snapshot segment and the older segments are deleted: the directory stays
+    within 2 x its peak live size + one segment, even during a compaction. ``salvage=True`` skips corrupt records
     (logging each) instead of raising :class:`~mqlite.CorruptStorage`.
 
     One process at a time: the directory is locked with ``fcntl.flock``; a second opener, in this
@@ -199,6 +200,7 @@ class FileStorage(Storage):
         self._seg_bytes = 0
         self._sizes: dict[int, int] = {}
         self._written = 0
+        self._check_at = segment_size // 4  # the log position of the next compaction check
         self._synced = 0
         self._failed: BaseException | None = None
         self._closed = False
@@ -728,7 +730,7 @@ class FileStorage(Storage):
         self._sizes[self._segment] = self._seg_bytes
         self._written += len(data)
         end = self._written
-        if self._seg_bytes >= self.segment_size:
+        if self._seg_bytes >= self.segment_size or self._written >= self._check_at:
             try:
                 self._roll()
             except OSError as exc:
@@ -869,11 +871,29 @@ class FileStorage(Storage):
         return fd
 
     def _roll(self) -> None:
-        """The current segment is full: start the next one, as a snapshot if that pays."""
+        """A compaction check is due (every quarter segment written) or the current segment is
+        full: compact if the dead bytes reached half a segment, else start the next segment if
+        the current one is full.
+
+        Why this rule keeps the directory within 2 x peak live + one segment even while a
+        compaction has the old segments and the new snapshot on disk together: a check that
+        does not compact saw ``total - live < 1/2 segment``; by the next check a quarter segment
+        more was appended (plus the record that crossed the mark), so the segments total less
+        than ``live + 3/4 segment + one record`` when a compaction starts, and its snapshot adds
+        ``live`` again. The last quarter segment is headroom for that record and for
+        :meth:`live_bytes` being an estimate. Checking at every roll only (every full segment)
+        would allow ``2 x live + 2 segments``. The price is write amplification when live
+        exceeds a segment: each compaction rewrites all live bytes to reclaim half a segment or
+        more, so about ``2 x live / segment_size`` bytes are rewritten per byte appended.
+        """
+        step = max(self.segment_size // 4, 1)
+        self._check_at = self._written + step
         live = self.live_bytes()
         total = sum(self._sizes.values())
-        if total - live >= live:
+        if total - live >= self.segment_size // 2:
             self._compact_locked()
+            return
+        if self._seg_bytes < self.segment_size:
             return
         number = self._segment + 1
         fd = self._create_segment(number)
@@ -882,6 +902,7 @@ class FileStorage(Storage):
         self._seg_bytes = _log.HEADER_SIZE
         self._sizes[number] = self._seg_bytes
         self._written += _log.HEADER_SIZE
+        self._check_at += _log.HEADER_SIZE
         if self._full:
             with self._sync_mutex:
                 self._synced = max(self._synced, self._written)
@@ -956,6 +977,7 @@ class FileStorage(Storage):
         self._segment = number
         self._seg_bytes = size
         self._sizes = {number: size}
+        self._check_at = self._written + max(self.segment_size // 4, 1)
         for gone in old:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._file(gone))
