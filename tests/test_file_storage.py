@@ -352,6 +352,57 @@ def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(tmp_
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
 
 
+def test_close_gives_a_drained_queues_space_back_and_keeps_its_state(tmp_path):
+    """A drained queue left with mostly dead segments shrinks to a small snapshot at close;
+    ids keep counting up, dedup keys inside their window, attempts and delays survive it."""
+    directory = str(tmp_path / "mq")
+    segment_size = 4 << 20
+    storage = FileStorage(directory, durability="normal", segment_size=segment_size)
+    storage.open_queue(QueueSpec("q", None, dedup_window=3600.0))
+    now = T0
+    first_ids: dict[str, int] = {}
+    for n in range(40):
+        now += 1.0
+        keys = [f"k{n}-{i}" for i in range(50)]
+        ids = storage.put("q", [Envelope(b"b" * 200, dedup_key=key) for key in keys], now)
+        assert ids is not None
+        first_ids.update(zip(keys, ids, strict=True))
+        leased = storage.lease("q", 50, now, 30.0)
+        storage.ack("q", [(m.id, m.token) for m in leased], now)
+    [kept] = storage.put("q", [Envelope(b"kept", headers={"h": "v"})], now)
+    [message] = storage.lease("q", 1, now, 30.0)
+    storage.nack("q", [(message.id, message.token)], now, 50.0, "retry later")
+    before = _directory_bytes(directory)
+    assert storage.compactions == 0
+    assert before > 2 * storage.live_bytes()
+    storage.close()
+    assert storage.compactions == 1
+    after = _directory_bytes(directory)
+    assert after < before / 4, (before, after)
+    assert len(_segments(directory)) == 1
+
+    storage = FileStorage(directory, durability="normal", segment_size=segment_size)
+    assert storage.replayed_records < 10
+    [peeked] = storage.peek("q", 10, now + 1.0)
+    assert (peeked.id, peeked.body, peeked.attempts, dict(peeked.headers)) == (kept, b"kept", 1, {"h": "v"})
+    assert storage.lease("q", 1, now + 1.0, 30.0) == []  # still delayed
+    assert storage.put("q", [Envelope(b"again", dedup_key="k3-7")], now + 1.0) == [first_ids["k3-7"]]
+    [fresh] = storage.put("q", [Envelope(b"new")], now + 1.0)
+    assert fresh > kept
+    storage.close()
+
+
+def test_close_leaves_a_small_log_alone(tmp_path):
+    directory = str(tmp_path / "mq")
+    storage = FileStorage(directory, durability="normal")
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"x" * 100)] * 20, T0)
+    storage.ack("q", [(m.id, m.token) for m in storage.lease("q", 20, T0, 30.0)], T0)
+    storage.close()
+    assert storage.compactions == 0
+    assert [os.path.basename(path) for path in _segments(directory)] == [f"{1:016x}{_log.SUFFIX}"]
+
+
 def test_a_compaction_interrupted_before_its_rename_leaves_the_old_log(tmp_path):
     directory = str(tmp_path / "mq")
     bodies = _fill(directory, 100)

@@ -38,6 +38,7 @@ MiB: Final = 1 << 20
 LOCK_NAME: Final = "LOCK"
 _ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
 _WRITE_CHUNK: Final = 1 << 20
+_CLOSE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() leaves the log as it is
 _EXPIRED: Final = float("-inf")
 _NO_HEADERS: Final[dict[str, str]] = {}
 _PUT_FAST: Final = struct.Struct("<dQII")  # a PUT record's head and its queue name's length
@@ -1191,13 +1192,27 @@ class FileStorage(Storage):
             return self._index.next_wakeup(queue, now)
 
     def close(self) -> None:
-        """Write a clean-shutdown record, sync, and unlock the directory. Idempotent."""
+        """Give space back if the log is mostly dead, write a clean-shutdown record, sync, and
+        unlock the directory. Idempotent.
+
+        Compaction otherwise runs only while the log grows, so a drained queue left idle would
+        keep its dead segments: if the dead bytes reached the live ones and
+        ``_CLOSE_COMPACT_MIN``, the live state is first rewritten as a snapshot (rewriting at
+        most as many bytes as are reclaimed; the next open replays only the snapshot).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
                 if self._failed is None and self._fd >= 0:
+                    live = self.live_bytes()
+                    dead = sum(self._sizes.values()) - live
+                    if dead >= max(live, _CLOSE_COMPACT_MIN):
+                        try:
+                            self._compact_locked()
+                        except OSError as exc:
+                            raise self._fail(exc, "compaction at close failed") from exc
                     self._append(_log.CLOSE, b"")
                     with self._sync_mutex:
                         self._wait_idle()
