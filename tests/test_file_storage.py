@@ -392,6 +392,33 @@ def test_close_gives_a_drained_queues_space_back_and_keeps_its_state(tmp_path):
     storage.close()
 
 
+def test_open_gives_space_back_after_a_process_died_with_a_drained_queue(tmp_path):
+    """A process that dies cannot compact at close: the next open does it after replay (a copy
+    of the directory taken while the storage is open is what a kill leaves)."""
+    directory = str(tmp_path / "mq")
+    storage = FileStorage(directory, durability="normal", segment_size=4 << 20)
+    storage.open_queue(QueueSpec("q", None))
+    for n in range(20):
+        storage.put("q", [Envelope(b"d" * 300)] * 100, T0 + n)
+        storage.ack("q", [(m.id, m.token) for m in storage.lease("q", 100, T0 + n, 30.0)], T0 + n)
+    [kept] = storage.put("q", [Envelope(b"kept")], T0 + 30)
+    [message] = storage.lease("q", 1, T0 + 30, 30.0)
+    crashed = str(tmp_path / "crashed")
+    shutil.copytree(directory, crashed)
+    storage.close()
+    before = _directory_bytes(crashed)
+    reopened = FileStorage(crashed, durability="normal", segment_size=4 << 20)
+    assert reopened.compactions == 1
+    after = _directory_bytes(crashed)
+    assert after < before / 4, (before, after)
+    [peeked] = reopened.peek("q", 10, T0 + 31)
+    assert (peeked.id, peeked.attempts, peeked.token) == (kept, 1, 0)  # the lease ended with the process
+    [again] = reopened.lease("q", 1, T0 + 31, 30.0)
+    assert again.token > message.token
+    reopened.close()
+    assert _contents(crashed) == {kept: b"kept"}
+
+
 def test_close_leaves_a_small_log_alone(tmp_path):
     directory = str(tmp_path / "mq")
     storage = FileStorage(directory, durability="normal")

@@ -38,7 +38,7 @@ MiB: Final = 1 << 20
 LOCK_NAME: Final = "LOCK"
 _ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
 _WRITE_CHUNK: Final = 1 << 20
-_CLOSE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() leaves the log as it is
+_IDLE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() and open leave the log as it is
 _EXPIRED: Final = float("-inf")
 _NO_HEADERS: Final[dict[str, str]] = {}
 _PUT_FAST: Final = struct.Struct("<dQII")  # a PUT record's head and its queue name's length
@@ -311,6 +311,13 @@ class FileStorage(Storage):
             self._expire_leases()
             end = self._append(_log.RECOVER, b"")
             self._commit(end)
+        if not self.salvage and self._mostly_dead():
+            # a process that died without close() could not give the space back; do it now
+            # (salvage=True leaves the files as they are: they may be wanted for inspection)
+            try:
+                self._compact_locked()
+            except OSError as exc:
+                raise StorageError(f"{self.path}: compaction after replay failed: {exc}") from exc
 
     def _find_base(self, segments: list[int]) -> int | None:
         """The newest segment that starts with a snapshot: the log begins there."""
@@ -927,6 +934,13 @@ class FileStorage(Storage):
                 total += size
         return total
 
+    def _mostly_dead(self) -> bool:
+        """Whether the log holds at least as many dead bytes as live ones, and
+        ``_IDLE_COMPACT_MIN`` or more: then compacting rewrites at most as many bytes as it
+        reclaims. The rule for the moments the log does not grow (close, open)."""
+        live = self.live_bytes()
+        return sum(self._sizes.values()) - live >= max(live, _IDLE_COMPACT_MIN)
+
     def compact(self) -> None:
         """Rewrite the live state as a snapshot segment and delete the older segments.
 
@@ -1196,9 +1210,9 @@ class FileStorage(Storage):
         unlock the directory. Idempotent.
 
         Compaction otherwise runs only while the log grows, so a drained queue left idle would
-        keep its dead segments: if the dead bytes reached the live ones and
-        ``_CLOSE_COMPACT_MIN``, the live state is first rewritten as a snapshot (rewriting at
-        most as many bytes as are reclaimed; the next open replays only the snapshot).
+        keep its dead segments: if :meth:`_mostly_dead`, the live state is first rewritten as a
+        snapshot (the next open then replays only the snapshot). Opening runs the same check
+        after replay, for a process that died before it could close.
         """
         with self._lock:
             if self._closed:
@@ -1206,9 +1220,7 @@ class FileStorage(Storage):
             self._closed = True
             try:
                 if self._failed is None and self._fd >= 0:
-                    live = self.live_bytes()
-                    dead = sum(self._sizes.values()) - live
-                    if dead >= max(live, _CLOSE_COMPACT_MIN):
+                    if self._mostly_dead():
                         try:
                             self._compact_locked()
                         except OSError as exc:
