@@ -15,7 +15,8 @@ until ``messages`` went through, then drains and closes. After every call it mea
 * during a compaction the old segments and the new, complete snapshot are on disk together for
   a moment, which a sample between calls cannot see: the script wraps ``os.rename`` (which
   FileStorage calls to move the finished snapshot into place, before it deletes the old
-  segments) to measure the directory at that moment.
+  segments) to measure the directory at that moment, and adds up the snapshots' sizes: the
+  bytes compaction rewrote, against the bytes of records appended (write amplification).
 
 Temporary files go to ``$MQLITE_BENCH_DIR`` or the system's temp directory.
 """
@@ -48,6 +49,7 @@ class RenameProbe:
         self.path = path
         self.peak = 0
         self.renames = 0
+        self.rewritten = 0  # bytes of the snapshots renamed in: what compaction wrote
         self._rename = os.rename
 
     def __enter__(self) -> RenameProbe:
@@ -55,6 +57,7 @@ class RenameProbe:
             if os.path.dirname(os.path.abspath(src)) == self.path:
                 self.peak = max(self.peak, directory_size(self.path))
                 self.renames += 1
+                self.rewritten += os.path.getsize(src)
             self._rename(src, dst)
 
         os.rename = rename  # type: ignore[assignment]
@@ -109,6 +112,8 @@ def churn(total: int, live: int, segment_size: int, body_size: int) -> bool:
             )
     elapsed = time.perf_counter() - began
     probe.__exit__()
+    # every byte appended since open, snapshots included (a private counter: a benchmark's view)
+    appended = int(getattr(storage, "_written", 0)) - probe.rewritten
     peak_transient = probe.peak
     drained = directory_size(path)
     storage.close()
@@ -120,6 +125,10 @@ def churn(total: int, live: int, segment_size: int, body_size: int) -> bool:
         f"peak live: {peak_live_count:,} messages, {peak_live_bytes / MiB:.2f} MiB by live_bytes() "
         f"({peak_live_count * body_size / MiB:.2f} MiB of bodies); real snapshots were at most "
         f"{worst_estimate:.2f}x the estimate"
+    )
+    print(
+        f"records appended {appended / MiB:,.0f} MiB, snapshots written by compaction "
+        f"{probe.rewritten / MiB:,.0f} MiB ({probe.rewritten / max(appended, 1):.2f} bytes rewritten per byte appended)"
     )
     print(f"bound 2 x peak live + one segment = {bound / MiB:.1f} MiB")
     print(f"peak directory between calls: {peak_dir / MiB:.1f} MiB ({peak_dir / bound:.2f}x the bound)")
