@@ -352,6 +352,32 @@ def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(tmp_
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
 
 
+def test_live_bytes_estimates_the_snapshot_of_mixed_messages(tmp_path):
+    """live_bytes() decides when to compact: it must follow the real snapshot's size for plain
+    messages and for ones with priorities, groups, headers, delays, leases and dedup keys."""
+    directory = str(tmp_path / "mq")
+    storage = FileStorage(directory, durability="normal")
+    rng = random.Random(11)
+    for name in ("a", "b"):
+        storage.open_queue(QueueSpec(name, None))
+        for n in range(1_500):
+            envelope = Envelope(
+                b"x" * rng.randint(0, 300),
+                priority=rng.choice([0, 0, 3]),
+                group=rng.choice([None, None, f"group-{n % 17}"]),
+                headers=rng.choice([None, {"key": "v" * (n % 9), "other": "w"}]),
+                delay=rng.choice([0.0, 0.0, 5.0]),
+                dedup_key=rng.choice([None, f"dedup-{n}"]),
+            )
+            storage.put(name, [envelope], T0 + n * 0.001)
+        storage.lease(name, 300, T0 + 2.0, 30.0)
+    estimate = storage.live_bytes()
+    storage.compact()
+    [snapshot] = _segments(directory)
+    assert 0.8 <= os.path.getsize(snapshot) / estimate <= 1.1, (os.path.getsize(snapshot), estimate)
+    storage.close()
+
+
 def test_close_gives_a_drained_queues_space_back_and_keeps_its_state(tmp_path):
     """A drained queue left with mostly dead segments shrinks to a small snapshot at close;
     ids keep counting up, dedup keys inside their window, attempts and delays survive it."""
