@@ -352,6 +352,7 @@ class Queue(Generic[T]):
                 if woken:
                     channel.pass_room(len(envelopes))
                 remaining = self._room_wait_time(block, deadline)
+                remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1)  # this caller cannot use its wake-up
@@ -386,6 +387,7 @@ class Queue(Generic[T]):
                 if woken:
                     channel.pass_room(len(envelopes))
                 remaining = self._room_wait_time(True, deadline)
+                remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1)
@@ -397,6 +399,15 @@ class Queue(Generic[T]):
                 channel.enlist(channel.putters, waiter)
             await _sleep_on(waiter, remaining, channel, channel.putters)
             woken = channel.withdraw(channel.putters, waiter, pass_on=False)
+
+    def _until(self, wake_at: float | None, remaining: float | None) -> float | None:
+        """``remaining``, shortened to end at ``wake_at`` (the storage's next wake-up, on the
+        queue's clock): a storage shared with other processes asks waiters to re-check by then,
+        since their changes wake nobody here."""
+        if wake_at is None:
+            return remaining
+        until = max(wake_at - self._clock(), 0.0)
+        return until if remaining is None else min(remaining, until)
 
     def _room_wait_time(self, block: bool, deadline: float | None) -> float | None:
         if not block:

@@ -158,7 +158,7 @@ def test_a_version_1_file_is_upgraded_keeping_every_message_state_and_id(tmp_pat
     conn.execute("UPDATE mq_counter SET last_id = 9")  # 8 and 9 were acked
     conn.close()
 
-    storage = SQLiteStorage(path)
+    storage = SQLiteStorage(path, poll_interval=None)  # next_wakeup names only delays and leases
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION == 2
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -229,22 +229,28 @@ def test_specs_live_in_the_database(tmp_path):
     second.close()
 
 
-# -- wake-ups across processes: next_wakeup polls while a getter waits --------------------------
+# -- wake-ups across processes: next_wakeup polls for blocked callers ------------------------------
 
 
-def test_next_wakeup_polls_with_backoff_only_while_a_lease_found_nothing(tmp_path):
+def test_next_wakeup_polls_with_a_backoff_restarted_by_a_lease_that_finds_messages(tmp_path):
+    """Only blocked callers (get, join, put waiting for room) ask for the next wake-up, and what
+    they wait for may be done by another process: every answer is a poll time at most
+    poll_interval ahead, or the queue's own deadline when that comes first."""
     storage = SQLiteStorage(tmp_path / "q.db", poll_interval=0.05)
-    assert storage.next_wakeup("q", T0) is None
     assert storage.lease("q", 1, T0, 10.0) == []
     polls = [storage.next_wakeup("q", T0) for _ in range(9)]
     assert [round(t - T0, 6) for t in polls] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.05]
     storage.put("q", [Envelope(b"x", delay=0.01)], T0)
     assert storage.next_wakeup("q", T0) == T0 + 0.01  # a known deadline before the next poll
     [m] = storage.lease("q", 1, T0 + 0.01, 10.0)
-    assert storage.next_wakeup("q", T0 + 0.01) == T0 + 10.01  # nobody waits: the lease's end
+    assert round(storage.next_wakeup("q", T0 + 0.01) - T0, 6) == 0.011  # backoff restarted
+    assert round(storage.next_wakeup("q", T0 + 0.01) - T0, 6) == 0.012
     storage.ack("q", [(m.id, m.token)], T0 + 0.02)
-    assert storage.next_wakeup("q", T0 + 0.02) is None
     storage.close()
+    unpolled = SQLiteStorage(tmp_path / "q.db", poll_interval=None)
+    assert unpolled.lease("q", 1, T0, 10.0) == []
+    assert unpolled.next_wakeup("q", T0) is None  # one process only: nothing to look for
+    unpolled.close()
 
 
 # -- group commit ------------------------------------------------------------------------------

@@ -268,3 +268,71 @@ def test_a_blocked_aget_in_another_process_wakes_when_this_process_puts(tmp_path
     assert results.get(timeout=60) == "to a coroutine in another process"
     consumer.join(60)
     assert consumer.exitcode == 0
+
+
+# -- join and maxsize backpressure see what other processes do -----------------------------------
+
+
+def _take_and_ack(path: str, name: str, count: int, go: Any) -> None:
+    assert go.wait(60)
+    with mqlite.Queue(name, storage=SQLiteStorage(path), lease=600.0) as q:
+        for _ in range(count):
+            q.get(timeout=60).ack()
+
+
+def test_join_returns_when_another_process_acks_the_last_message(tmp_path):
+    """join() must not sleep until a lease ends (600 s here) when the acks happen elsewhere."""
+    path = str(tmp_path / "join.db")
+    go = SPAWN.Event()
+    consumer = SPAWN.Process(target=_take_and_ack, args=(path, "join", 3, go))
+    consumer.start()
+    with mqlite.Queue("join", storage=f"sqlite:///{path}") as q:
+        q.put_many(["a", "b", "c"])
+        go.set()
+        started = time.monotonic()
+        assert q.join(timeout=120) is True
+        # Returning at the timeout would also give True; the poll (<= 50 ms) must be what woke it.
+        assert time.monotonic() - started < 60
+        assert q.qsize() == 0
+    consumer.join(60)
+    assert consumer.exitcode == 0
+
+
+def test_ajoin_returns_when_another_process_acks_the_last_message(tmp_path):
+    import asyncio
+
+    path = str(tmp_path / "ajoin.db")
+    go = SPAWN.Event()
+    consumer = SPAWN.Process(target=_take_and_ack, args=(path, "ajoin", 2, go))
+    consumer.start()
+
+    async def main() -> tuple[bool, float]:
+        async with mqlite.Queue("ajoin", storage=f"sqlite:///{path}") as q:
+            await q.aput_many(["a", "b"])
+            go.set()
+            started = time.monotonic()
+            return await q.ajoin(timeout=120), time.monotonic() - started
+
+    joined, waited = asyncio.run(main())
+    assert joined is True
+    assert waited < 60
+    consumer.join(60)
+    assert consumer.exitcode == 0
+
+
+def test_a_put_blocked_on_maxsize_wakes_when_another_process_gets(tmp_path):
+    path = str(tmp_path / "room.db")
+    go = SPAWN.Event()
+    consumer = SPAWN.Process(target=_take_and_ack, args=(path, "room", 1, go))
+    consumer.start()
+    with mqlite.Queue("room", storage=f"sqlite:///{path}", maxsize=2) as q:
+        q.put_many(["a", "b"])
+        with pytest.raises(mqlite.Full):
+            q.put_nowait("c")
+        go.set()
+        started = time.monotonic()
+        q.put("c", timeout=120)  # room is made by the other process's get
+        assert time.monotonic() - started < 60
+        assert q.qsize() == 2
+    consumer.join(60)
+    assert consumer.exitcode == 0

@@ -249,10 +249,11 @@ class SQLiteStorage(Storage):
     OS crash or power cut. Concurrent calls from threads of one process share transactions and
     fsyncs (group commit).
 
-    ``poll_interval``: a blocked get in this process learns about messages other processes put
-    by re-checking with a backoff from 1 ms up to this many seconds (the worst-case extra
-    latency); each check costs one ``PRAGMA data_version`` while nothing changed. None turns
-    cross-process wake-ups off (one process only). ``busy_timeout``: how long a call waits for
+    ``poll_interval``: a blocked get, join or put (waiting for room) in this process learns
+    what other processes did (put, ack, took a message) by re-checking with a backoff from
+    1 ms up to this many seconds (the worst-case extra latency); each check costs one
+    ``PRAGMA data_version`` while nothing changed. None turns cross-process wake-ups off (one
+    process only). ``busy_timeout``: how long a call waits for
     another process's write transaction before raising :class:`StorageLocked`.
     """
 
@@ -311,7 +312,7 @@ class SQLiteStorage(Storage):
         self._sync_failed: OSError | None = None
         self._writes = 0  # bumped by every change this process makes; caches record it
         self._cached_at = -1  # the write count when a cache entry was last stored
-        self._waiting: dict[int, int] = {}  # qid -> empty polls since a lease there found nothing
+        self._waiting: dict[int, int] = {}  # qid -> polls since a lease here last found messages (the backoff step)
         self._qids: dict[str, int] = {}
         self._forget()
 
@@ -1090,10 +1091,14 @@ class SQLiteStorage(Storage):
         return self._polled(qid, now, wake[1])
 
     def _polled(self, qid: int, now: float, deadline: float | None) -> float | None:
-        """``deadline``, or sooner while a getter waits here: the cross-process poll."""
-        polls = self._waiting.get(qid)
-        if self.poll_interval is None or polls is None:
+        """``deadline``, or sooner: the cross-process poll. Only blocked callers ask for the
+        next wake-up (a get that found nothing, a join, a put waiting for room under maxsize),
+        and what they wait for may be done by another process, which wakes nobody here; so
+        they re-check after a backoff from 1 ms to ``poll_interval``, restarted when a lease
+        here finds messages."""
+        if self.poll_interval is None:
             return deadline
+        polls = self._waiting.get(qid, 0)
         self._waiting[qid] = polls + 1
         poll_at = now + min(self.poll_interval, 0.001 * (2 ** min(polls, 20)))
         return poll_at if deadline is None or poll_at < deadline else deadline
