@@ -602,6 +602,7 @@ def _sqlite_workloads(settings: Settings) -> list[Workload]:
                 Impl(f"{lq} put / pop (polled) / done", sq.w7_litequeue, needs="litequeue", baseline=True),
                 Impl("mqlite SQLite full put / get / ack", sq.w7_mqlite()),
                 Impl("mqlite SQLite full put / get (prefetch 16) / ack", sq.w7_mqlite(16)),
+                Impl("mqlite SQLite full put / get_many(100) / ack_many", sq.w7_mqlite(batch=100)),
             ),
             threads=True,
             size=max(sq.W7_PRODUCERS * 100, settings.n_threads // 20),

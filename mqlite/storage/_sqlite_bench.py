@@ -254,9 +254,10 @@ def w6_drain_mqlite(batch: int, per_message_ack: bool) -> Runner:
 def _threads(
     n: int,
     make_put: Callable[[], Callable[[bytes], object]],
-    make_get: Callable[[], Callable[[], bytes | None]],
+    make_get: Callable[[], Callable[[], list[bytes]]],
 ) -> Result:
-    """Producers put n messages in all, then each consumer receives until everything arrived."""
+    """Producers put n messages in all, then each consumer receives until everything arrived
+    (``get`` returns the bodies received by one call, [] if none came in time)."""
     per = n // W7_PRODUCERS
     sent = [bodies(p, per) for p in range(W7_PRODUCERS)]
     received: list[list[bytes]] = [[] for _ in range(W7_CONSUMERS)]
@@ -284,12 +285,12 @@ def _threads(
                 with lock:
                     if count[0] >= total:
                         return
-                body = get()
-                if body is None:
+                got = get()
+                if not got:
                     continue
-                mine.append(body)
+                mine.extend(got)
                 with lock:
-                    count[0] += 1
+                    count[0] += len(got)
         except BaseException as error:
             errors.append(error)
             with lock:
@@ -310,30 +311,35 @@ def _threads(
     return elapsed, check
 
 
-def w7_mqlite(prefetch: int = 1) -> Runner:
+def w7_mqlite(prefetch: int = 1, batch: int = 0) -> Runner:
     """Consumers get and ack one message at a time; with ``prefetch`` > 1 each consumer leases
-    that many at once (``q.consumer(prefetch=...)``) and still acks each one."""
+    that many at once (``q.consumer(prefetch=...)``) and still acks each one; with ``batch``,
+    each consumer takes ``get_many(batch)`` and settles them with one ``ack_many``."""
 
     def run(n: int) -> Result:
-        return _w7_mqlite(n, prefetch)
+        return _w7_mqlite(n, prefetch, batch)
 
     return run
 
 
-def _w7_mqlite(n: int, prefetch: int) -> Result:
+def _w7_mqlite(n: int, prefetch: int, batch: int) -> Result:
     with _directory() as directory:
         q = _queue(directory, "full")
 
-        def make_get() -> Callable[[], bytes | None]:
+        def make_get() -> Callable[[], list[bytes]]:
             consumer = q.consumer(prefetch=prefetch)
 
-            def get() -> bytes | None:
+            def get() -> list[bytes]:
+                if batch:
+                    messages = consumer.get_many(batch, timeout=0.05)
+                    q.ack_many(messages)
+                    return [msg.body for msg in messages]
                 try:
                     msg = consumer.get(timeout=0.05)
                 except Exception:
-                    return None
+                    return []
                 msg.ack()
-                return msg.body
+                return [msg.body]
 
             return get
 
@@ -355,16 +361,16 @@ def w7_litequeue(n: int) -> Result:
             q = litequeue.LiteQueue(path, timeout=60)
             return lambda body: q.put(body.decode())
 
-        def make_get() -> Callable[[], bytes | None]:
+        def make_get() -> Callable[[], list[bytes]]:
             q = litequeue.LiteQueue(path, timeout=60)
 
-            def get() -> bytes | None:
+            def get() -> list[bytes]:
                 msg = q.pop()
                 if msg is None:
                     time.sleep(0.0005)  # litequeue has no blocking get: consumers poll
-                    return None
+                    return []
                 q.done(msg.message_id)
-                return bytes(msg.data.encode())
+                return [bytes(msg.data.encode())]
 
             return get
 
