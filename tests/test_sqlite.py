@@ -353,6 +353,21 @@ def test_plain_puts_of_one_batch_share_one_insert_and_get_ids_in_arrival_order(t
     storage.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc")
+def test_full_durability_syncs_the_real_wal_of_a_database_opened_through_a_symlink(tmp_path, monkeypatch):
+    """SQLite keeps the WAL beside the file a symlink points to; syncing a path beside the link
+    would find nothing there and silently skip the fsync."""
+    synced: list[str] = []
+    monkeypatch.setattr(sqlite_module, "_fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    (tmp_path / "real").mkdir()
+    SQLiteStorage(tmp_path / "real" / "q.db").close()
+    (tmp_path / "link.db").symlink_to(tmp_path / "real" / "q.db")
+    storage = SQLiteStorage(tmp_path / "link.db")
+    storage.put("q", [Envelope(b"x")], T0)
+    assert synced == [os.path.realpath(tmp_path / "real" / "q.db-wal")]
+    storage.close()
+
+
 def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(tmp_path, monkeypatch):
     """durability="full": the transaction commits with synchronous=NORMAL, then the caller of a
     durable call fsyncs the WAL before returning; a lease does not wait for an fsync, and one

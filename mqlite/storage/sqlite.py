@@ -508,7 +508,9 @@ class SQLiteStorage(Storage):
             try:
                 fd = self._wal_fd
                 if fd is None:
-                    fd = self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    # SQLite resolves symbolic links and keeps the WAL beside the real file.
+                    wal = os.path.realpath(self.path) + "-wal"
+                    fd = self._wal_fd = os.open(wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 _fdatasync(fd)
             except FileNotFoundError:
                 pass  # only once every connection closed, the last one checkpointing (with syncs) first
