@@ -368,6 +368,16 @@ def test_full_durability_syncs_the_real_wal_of_a_database_opened_through_a_symli
     storage.close()
 
 
+def test_a_wal_that_cannot_be_found_to_sync_fails_the_call_instead_of_skipping_the_fsync(tmp_path):
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.path = str(tmp_path / "elsewhere.db")  # where no WAL is: what a wrong guess would meet
+    with pytest.raises(mqlite.StorageError, match="WAL was not found"):
+        storage.put("q", [Envelope(b"x")], T0)
+    with pytest.raises(mqlite.StorageError, match="earlier fsync of the WAL failed"):
+        storage.ack("q", [(1, 1)], T0)
+    storage.close()
+
+
 def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(tmp_path, monkeypatch):
     """durability="full": the transaction commits with synchronous=NORMAL, then the caller of a
     durable call fsyncs the WAL before returning; a lease does not wait for an fsync, and one

@@ -512,8 +512,14 @@ class SQLiteStorage(Storage):
                     wal = os.path.realpath(self.path) + "-wal"
                     fd = self._wal_fd = os.open(wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 _fdatasync(fd)
-            except FileNotFoundError:
-                pass  # only once every connection closed, the last one checkpointing (with syncs) first
+            except FileNotFoundError as error:
+                # SQLite deletes the WAL only when the last connection closes, checkpointing it
+                # (with syncs) first; while ours is open, a missing WAL means we cannot sync.
+                if not self._closed:
+                    self._sync_failed = error
+                    raise StorageError(
+                        f"SQLite database {self.path!r}: committed, but its WAL was not found to sync: {error}"
+                    ) from error
             except OSError as error:
                 self._sync_failed = error
                 raise StorageError(
