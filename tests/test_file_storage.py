@@ -445,6 +445,29 @@ def test_open_gives_space_back_after_a_process_died_with_a_drained_queue(tmp_pat
     assert _contents(crashed) == {kept: b"kept"}
 
 
+def test_a_close_record_that_reaches_a_compaction_mark_still_ends_the_log_cleanly(tmp_path):
+    """Appending the clean-shutdown record may cross the compaction mark; compacting then
+    would delete the segment holding that record and the next open would take the close for a
+    crash, ending the leases that a clean close keeps (found by the conformance machine: a
+    message in flight at max_attempts was dead-lettered by reopening)."""
+    storage = FileStorage(tmp_path / "q", segment_size=1024)
+    storage.open_queue(QueueSpec("q", 1))
+    storage._check_at = 1 << 60  # no compaction check while dead bytes pile up in segment 1
+    ids = storage.put("q", [Envelope(b"x" * 30) for _ in range(10)], T0) or []
+    leased = storage.lease("q", 10, T0, 30.0)
+    assert storage.ack("q", [(m.id, m.token) for m in leased[1:]], T0)  # one lease left
+    assert sum(storage._sizes.values()) - storage.live_bytes() >= 512  # half a segment dead
+    assert storage.compactions == 0
+    storage._check_at = storage._written + 1  # the close record crosses the mark
+    storage.close()
+    reopened = FileStorage(tmp_path / "q", segment_size=1024)
+    assert reopened.counts("q", T0 + 1) == (0, 0, 1)  # still leased, not failed nor dead
+    assert reopened.counts("q.dead", T0 + 1) == (0, 0, 0)
+    [held] = reopened.peek("q", 1, T0 + 1)
+    assert (held.id, held.attempts) == (ids[0], 1)
+    reopened.close()
+
+
 def test_close_leaves_a_small_log_alone(tmp_path):
     directory = str(tmp_path / "mq")
     storage = FileStorage(directory, durability="normal")

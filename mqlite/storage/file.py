@@ -901,6 +901,11 @@ class FileStorage(Storage):
         exceeds a segment: each compaction rewrites all live bytes to reclaim half a segment or
         more, so about ``2 x live / segment_size`` bytes are rewritten per byte appended.
         """
+        if self._closed:
+            # Only close() appends now: its clean-shutdown record must stay the log's last. A
+            # compaction would delete the segment holding it, and the next open would take the
+            # close for a crash and end the leases a clean close keeps.
+            return
         step = max(self.segment_size // 4, 1)
         self._check_at = self._written + step
         live = self.live_bytes()
