@@ -55,3 +55,40 @@ TestFileStorageConformance = FileStorageConformance.TestCase
 TestFileStorageConformance.settings = settings(stateful_step_count=50, deadline=None)
 TestFileStorageBigSegmentsConformance = FileStorageBigSegmentsConformance.TestCase
 TestFileStorageBigSegmentsConformance.settings = settings(stateful_step_count=50, deadline=None, max_examples=60)
+
+
+def test_counterexample_a_lease_kept_by_a_clean_close_whose_record_was_compacted_away():
+    """The machine's counterexample at 5,000 examples, replayed step by step with the invariant
+    after each step, as hypothesis ran it: the clean-close record crossed the compaction mark,
+    the roll compacted it away, and reopening took the close for a crash, dead-lettering a
+    message leased at max_attempts (fixed in 91a8459)."""
+    machine = FileStorageConformance()
+    plain = (0, None, None, None, 0.0)
+    held: list[object] = []
+    steps = [
+        lambda: machine.open_queues(a=None, b=None, b_dead_letter="", dead=None),
+        *[machine.reopen] * 6,
+        lambda: machine.put_one(dt=0.0, edge=None, option=plain, queue="a"),
+        lambda: machine.put_many(dt=0.0, maxsize=0, options=[plain] * 4, queue="a.dead"),
+        lambda: machine.lease(dt=0.0, n=1, queue="a", seconds=0.5),
+        lambda: machine.lease(dt=0.0, n=1, queue="a.dead", seconds=2.0),
+        lambda: machine.put_one(dt=0.0, edge=None, option=plain, queue="a"),
+        lambda: machine.put_one(dt=0.5, edge=None, option=plain, queue="a"),
+        lambda: held.extend(machine.lease(dt=0.0, n=3, queue="a", seconds=0.5).values),
+        lambda: machine.put_one(dt=0.0, edge=None, option=plain, queue="a"),
+        lambda: machine.put_one(dt=0.5, edge=None, option=(0, None, None, {"h": "1"}, 0.0), queue="a"),
+        lambda: machine.put_one(dt=0.0, edge=None, option=(0, None, None, None, 0.5), queue="a.dead"),
+        lambda: machine.settle(amount=0.0, dt=0.0, held=[held[2], held[2]], text=None, verb="ack"),
+        lambda: machine.process(amount=0.0, n=2, queue="a", seconds=0.5, text=None, verb="ack", when="expiry"),
+        lambda: machine.advance(queue="a", seconds=0.5),
+        lambda: machine.lease(dt=0.0, n=1, queue="a", seconds=0.5),
+        lambda: machine.manage(action="open", dt=0.0, max_attempts=1, max_messages=None, queue="a", shared=False),
+        lambda: machine.process(amount=0.0, n=1, queue="a.dead", seconds=0.5, text=None, verb="ack", when="now"),
+        machine.reopen,
+    ]
+    try:
+        for step in steps:
+            step()
+            machine.same_observables()
+    finally:
+        machine.teardown()
