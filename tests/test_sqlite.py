@@ -16,7 +16,7 @@ import pytest
 from hypothesis import settings
 
 import mqlite
-from mqlite.storage import Envelope, Outcome, QueueSpec, sqlite as sqlite_module
+from mqlite.storage import Envelope, Outcome, QueueSpec, _sqlite_schema, sqlite as sqlite_module
 from mqlite.storage.sqlite import SQLiteStorage
 from mqlite.testing import make_conformance_test
 
@@ -98,8 +98,8 @@ def test_an_older_schema_is_upgraded_in_place(tmp_path, monkeypatch):
     [mid] = storage.put("q", [Envelope(b"kept")], T0) or []
     storage.close()
     version = sqlite_module.SCHEMA_VERSION
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", version + 1)
-    monkeypatch.setitem(sqlite_module._UPGRADES, version, ("CREATE TABLE mq_example (x INTEGER)",))
+    monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", version + 1)  # where the schema code reads it
+    monkeypatch.setitem(_sqlite_schema.UPGRADES, version, ("CREATE TABLE mq_example (x INTEGER)",))
     storage = SQLiteStorage(path)
     assert [m.id for m in storage.peek("q", 5, T0)] == [mid]
     storage.close()

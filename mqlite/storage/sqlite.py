@@ -1,23 +1,6 @@
 """``SQLiteStorage``: queues in one SQLite database file, shared by threads and processes.
 
-Layout (schema version 2, ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as
-mqlite's):
-
-* ``mq_queues``: one row per queue: its number (``qid``) and the settings of its
-  :class:`QueueSpec`, so every process applies the same max_attempts, dead-letter queue and
-  dedup window.
-* ``mq_messages``: every unsettled message of every queue, one row each, keyed by its id.
-  ``state`` is 0 ready, 1 delayed, 2 in flight; ``deadline`` is the row's place in its state:
-  ``-priority`` when ready (so one index, ``mq_order (qid, state, deadline)`` plus the implicit
-  id, gives both the delivery order of ready rows and the time order of delayed and in-flight
-  rows, and a lease or ack rewrites one index page, not two), ready_at when delayed and the
-  lease's end in flight; ``token`` counts the deliveries the message ever had (plus one burnt
-  value each time it dies or is redriven), so ``(id, token)`` names one delivery and never
-  comes back. ``dead_from`` is the queue a dead letter died in. Acked rows are deleted.
-  One more row, id ``2**63 - 1`` in no queue (qid 0, state 3), keeps the last id given in its
-  ``token``, so ids never repeat even after the newest row is acked; it sits next to the
-  newest messages, so a put rewrites the page it writes anyway instead of one more.
-* ``mq_dedup``: ``(qid, dedup_key) -> (id, first put time)``.
+The file's layout, its versions and the longer statements are in :mod:`mqlite.storage._sqlite_schema`.
 
 Every call runs in one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the
 queue it names (due delays become ready, ended leases fail their attempt) and then does its
@@ -39,8 +22,6 @@ lease's own promise already allows).
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import math
 import operator
 import os
@@ -48,11 +29,30 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain, repeat
 from typing import Any, ClassVar, Final, final
 
 from .._errors import StorageError, StorageLocked
+from ._sqlite_schema import (
+    APPLICATION_ID,
+    CLAIM,
+    CLAIM_ONE,
+    COUNTER_ID,
+    COUNTS,
+    DELAYED,
+    IN_FLIGHT,
+    INSERT,
+    NEXT_DEADLINE,
+    PEEK,
+    READY,
+    SCHEMA_VERSION,
+    check_file,
+    create_or_upgrade,
+    dumps_headers,
+    insert_plain,
+    loads_headers,
+)
 from .base import (
     DEATH_ATTEMPTS,
     DEATH_DETAIL,
@@ -70,118 +70,6 @@ from .base import (
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage", "from_url"]
 
-SCHEMA_VERSION: Final = 2
-"""The schema this code writes (``PRAGMA user_version``)."""
-APPLICATION_ID: Final = 0x6D714C74
-"""``PRAGMA application_id`` of an mqlite database ("mqLt")."""
-
-READY: Final = 0
-DELAYED: Final = 1
-IN_FLIGHT: Final = 2
-_COUNTER_ID: Final = 2**63 - 1
-"""The id of the row that holds the last id given (in its ``token``)."""
-
-_SCHEMA: Final = (
-    "CREATE TABLE mq_queues (qid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, max_attempts INTEGER,"
-    " dead_letter TEXT NOT NULL DEFAULT '', dedup_window REAL NOT NULL DEFAULT 300.0)",
-    "CREATE TABLE mq_messages (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, state INTEGER NOT NULL,"
-    " priority INTEGER NOT NULL, grp TEXT, deadline REAL NOT NULL, attempts INTEGER NOT NULL,"
-    " token INTEGER NOT NULL, enqueued_at REAL NOT NULL, headers TEXT, dead_from TEXT, body BLOB NOT NULL)",
-    f"INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
-    f" VALUES ({_COUNTER_ID}, 0, 3, 0, 0, 0, 0, 0, X'')",
-    # The claim: ready rows of one queue in delivery order (deadline = -priority, then id);
-    # applying time and next_wakeup: delayed and in-flight rows by deadline. Counts by state.
-    "CREATE INDEX mq_order ON mq_messages (qid, state, deadline)",
-    # Group heads: the lowest id of a group; and whether a group has a message in flight.
-    "CREATE INDEX mq_group ON mq_messages (qid, grp, id) WHERE grp IS NOT NULL",
-    "CREATE INDEX mq_busy ON mq_messages (qid, grp) WHERE state = 2 AND grp IS NOT NULL",
-    # Dead letters by the queue they died in (stats().dead, redrive).
-    "CREATE INDEX mq_dead ON mq_messages (qid, dead_from, id) WHERE dead_from IS NOT NULL",
-    "CREATE TABLE mq_dedup (qid INTEGER NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL,"
-    " first_at REAL NOT NULL, PRIMARY KEY (qid, key)) WITHOUT ROWID",
-)
-
-_UPGRADES: Final[dict[int, tuple[str, ...]]] = {
-    # 1 -> 2: one index for every state instead of three (ready rows keep -priority in their
-    # deadline), and the id counter moves from its own table into a row of mq_messages.
-    1: (
-        "DROP INDEX mq_ready",
-        "DROP INDEX mq_delayed",
-        "DROP INDEX mq_leased",
-        "UPDATE mq_messages SET deadline = -priority WHERE state = 0",
-        f"INSERT INTO mq_messages (id, qid, state, priority, deadline, attempts, token, enqueued_at, body)"
-        f" SELECT {_COUNTER_ID}, 0, 3, 0, 0, 0, last_id, 0, X'' FROM mq_counter",
-        "DROP TABLE mq_counter",
-        "CREATE INDEX mq_order ON mq_messages (qid, state, deadline)",
-    ),
-}
-"""Statements taking the schema from version ``v`` to ``v + 1``, run at open in one transaction."""
-
-_CLAIM: Final = """
-UPDATE mq_messages SET state = 2, attempts = attempts + 1, token = token + 1, deadline = ?1
-WHERE id IN (
-    SELECT m.id FROM mq_messages AS m
-    WHERE m.qid = ?2 AND m.state = 0
-      AND (m.grp IS NULL OR (
-            m.id = (SELECT min(g.id) FROM mq_messages AS g WHERE g.qid = ?2 AND g.grp = m.grp)
-            AND NOT EXISTS (SELECT 1 FROM mq_messages AS f INDEXED BY mq_busy
-                            WHERE f.qid = ?2 AND f.grp = m.grp AND f.state = 2 AND f.grp IS NOT NULL)))
-    ORDER BY m.deadline, m.id
-    LIMIT ?3)
-RETURNING id, token, body, attempts, enqueued_at, priority, grp, headers
-"""
-_CLAIM_ONE: Final = _CLAIM.replace("WHERE id IN (", "WHERE id = (", 1)
-"""The claim of one message (a plain get): a scalar subquery, no list of ids to build (~2 us less)."""
-_INSERT: Final = (
-    "INSERT INTO mq_messages (id, qid, state, priority, grp, deadline, attempts, token, enqueued_at, headers, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
-)
-_ROWS_PER_INSERT: Final = 100
-"""Rows per multi-row INSERT of plain messages (300 parameters, under every SQLite's limit)."""
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_plain_sql(qid: int, rows: int) -> str:
-    """An INSERT of ``rows`` ready messages with default options into queue ``qid``: only the
-    id, the time and the body are bound (binding the constant and NULL columns too costs ~40 %
-    more), and many rows per statement halve the cost of a batch (one step, not one a row)."""
-    values = ", ".join([f"(?, {int(qid)}, 0, 0, 0, 0, 0, ?, ?)"] * rows)
-    columns = "id, qid, state, priority, deadline, attempts, token, enqueued_at, body"
-    return f"INSERT INTO mq_messages ({columns}) VALUES {values}"
-
-
-def _insert_plain(conn: sqlite3.Connection, qid: int, flat: list[object]) -> None:
-    """Insert ready messages with default options; ``flat`` is id, enqueued_at, body, id, ..."""
-    step = 3 * _ROWS_PER_INSERT
-    full = len(flat) // step * step
-    if full:
-        conn.executemany(_insert_plain_sql(qid, _ROWS_PER_INSERT), (flat[i : i + step] for i in range(0, full, step)))
-    if full < len(flat):
-        conn.executemany(_insert_plain_sql(qid, 1), (flat[i : i + 3] for i in range(full, len(flat), 3)))
-
-_PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
-_PEEK: Final = f"""
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY deadline, id LIMIT ?2)
-UNION ALL
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1
-               ORDER BY priority DESC, id LIMIT ?2)
-UNION ALL
-SELECT * FROM (SELECT {_PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 2
-               ORDER BY priority DESC, id LIMIT ?2)
-"""
-_COUNTS: Final = """
-SELECT (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 0),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 1),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 2)
-"""
-_NEXT_DEADLINE: Final = """
-SELECT min(d) FROM (
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 1
-    UNION ALL
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 2)
-"""
-
-_EMPTY_HEADERS: Mapping[str, str] = {}
 _PLAIN: Final = Envelope(None)[1:]  # the options of an envelope put with every default
 _OPTIONS: Final = operator.itemgetter(slice(1, None))  # an envelope's options
 _BODY: Final = operator.itemgetter(0)
@@ -207,16 +95,6 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-
-def _dumps_headers(headers: Mapping[str, str] | None) -> str | None:
-    return json.dumps(dict(headers), separators=(",", ":")) if headers else None
-
-
-def _loads_headers(text: str | None) -> Mapping[str, str]:
-    if not text:
-        return _EMPTY_HEADERS
-    headers: dict[str, str] = json.loads(text)
-    return headers
 
 
 class _Op:
@@ -383,22 +261,7 @@ class SQLiteStorage(Storage):
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         path = self.path
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            raise StorageError(f"{path!r} is not an mqlite database (SQLite says: {error})") from error
-        if app_id != APPLICATION_ID and (app_id != 0 or tables):
-            raise StorageError(
-                f"{path!r} is an SQLite database but not an mqlite one (application_id {app_id:#x}, "
-                f"{tables} schema objects); refusing to touch it"
-            )
-        if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{path!r} has mqlite schema version {version}, newer than this mqlite knows "
-                f"({SCHEMA_VERSION}); upgrade mqlite to open it"
-            )
+        tables, setup = check_file(conn, path)
         try:
             if not tables:
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before the first table
@@ -407,32 +270,10 @@ class SQLiteStorage(Storage):
                 raise StorageError(f"SQLite database {path!r} cannot use WAL mode (journal_mode is {mode})")
             conn.execute("PRAGMA journal_size_limit = 67108864")
             self._set_sync(conn, "FULL" if self._full and not self._split else "NORMAL")
-            if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
-                self._create_or_upgrade(conn)
+            if setup:
+                create_or_upgrade(conn, self._begin)
         except sqlite3.Error as error:
             raise self._error(error, " while opening") from error
-
-    def _create_or_upgrade(self, conn: sqlite3.Connection) -> None:
-        self._begin(conn)
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if app_id == 0:  # another process may have created it meanwhile: re-read under the lock
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            else:
-                while version < SCHEMA_VERSION:
-                    for statement in _UPGRADES[version]:
-                        conn.execute(statement)
-                    version += 1
-                    conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
         if self._sync != level:
@@ -663,7 +504,7 @@ class SQLiteStorage(Storage):
                 total = sum(len(op.args[1]) for op in ops)
                 next_id = (
                     conn.execute(
-                        "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (total, _COUNTER_ID)
+                        "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (total, COUNTER_ID)
                     ).fetchone()[0]
                     - total
                     + 1
@@ -675,7 +516,7 @@ class SQLiteStorage(Storage):
                     flat.extend(chain.from_iterable(zip(ids, repeat(now), map(_BODY, envelopes))))
                     op.result = list(ids)
                     next_id += len(envelopes)
-                _insert_plain(conn, qid, flat)
+                insert_plain(conn, qid, flat)
                 self._writes += 1
             except Exception:
                 conn.execute("ROLLBACK TO mq_merged")
@@ -748,7 +589,7 @@ class SQLiteStorage(Storage):
                 else:
                     back.append((mid,))
             conn.executemany("UPDATE mq_messages SET state = 0, deadline = -priority WHERE id = ?", back)
-        deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
+        deadline = conn.execute(NEXT_DEADLINE, (qid,)).fetchone()[0]
         self._bound[qid] = math.inf if deadline is None else deadline
 
     def _kill(
@@ -762,7 +603,7 @@ class SQLiteStorage(Storage):
         detail: str | None,
     ) -> None:
         """Move a message to its queue's dead-letter queue under its id, ready, attempts 0."""
-        headers = dict(_loads_headers(headers_text))
+        headers = dict(loads_headers(headers_text))
         headers[DEATH_REASON] = reason
         headers[DEATH_QUEUE] = spec[0]
         headers[DEATH_ATTEMPTS] = str(attempts)
@@ -774,7 +615,7 @@ class SQLiteStorage(Storage):
         conn.execute(
             "UPDATE mq_messages SET qid = ?, state = 0, deadline = -priority, attempts = 0, token = token + 1,"
             " headers = ?, dead_from = ? WHERE id = ?",
-            (dead_qid, _dumps_headers(headers), spec[0], mid),
+            (dead_qid, dumps_headers(headers), spec[0], mid),
         )
         self._writes += 1
 
@@ -819,20 +660,20 @@ class SQLiteStorage(Storage):
                 keys[key] = position
         fresh = count - (len(duplicates) if duplicates else 0)
         if maxsize:
-            ready, delayed, _ = conn.execute(_COUNTS, (qid,)).fetchone()
+            ready, delayed, _ = conn.execute(COUNTS, (qid,)).fetchone()
             if ready + delayed + fresh > maxsize:
                 return None
         if not fresh:
             assert duplicates is not None
             return [duplicates[position] for position in range(count)]
         last = conn.execute(
-            "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (fresh, _COUNTER_ID)
+            "UPDATE mq_messages SET token = token + ? WHERE id = ? RETURNING token", (fresh, COUNTER_ID)
         ).fetchone()[0]
         next_id = last - fresh + 1
         self._writes += 1
         if not duplicates and all(map(_PLAIN.__eq__, map(_OPTIONS, envelopes))):  # default options
             given = range(next_id, next_id + count)
-            _insert_plain(conn, qid, list(chain.from_iterable(zip(given, repeat(now), map(_BODY, envelopes)))))
+            insert_plain(conn, qid, list(chain.from_iterable(zip(given, repeat(now), map(_BODY, envelopes)))))
             return list(given)
         rows = []
         ids: list[int] = []
@@ -861,11 +702,11 @@ class SQLiteStorage(Storage):
                     envelope.group,
                     ready_at,
                     now,
-                    _dumps_headers(envelope.headers),
+                    dumps_headers(envelope.headers),
                     envelope.body,
                 )
             )
-        conn.executemany(_INSERT, rows)
+        conn.executemany(INSERT, rows)
         if keys:
             conn.executemany(
                 "INSERT OR REPLACE INTO mq_dedup (qid, key, id, first_at) VALUES (?, ?, ?, ?)",
@@ -879,7 +720,7 @@ class SQLiteStorage(Storage):
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
         expires_at = now + lease
-        rows = conn.execute(_CLAIM_ONE if n == 1 else _CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
+        rows = conn.execute(CLAIM_ONE if n == 1 else CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
         if not rows:
             self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
             self._cached_at = self._writes
@@ -891,7 +732,7 @@ class SQLiteStorage(Storage):
         if len(rows) > 1:  # RETURNING gives no order
             rows.sort(key=lambda row: (-row[5], row[0]))
         return [
-            Leased(mid, token, body, attempts, enqueued_at, priority, group, _loads_headers(headers), expires_at)
+            Leased(mid, token, body, attempts, enqueued_at, priority, group, loads_headers(headers), expires_at)
             for mid, token, body, attempts, enqueued_at, priority, group, headers in rows
         ]
 
@@ -1023,8 +864,8 @@ class SQLiteStorage(Storage):
         ).fetchall()
         moved = []
         for mid, headers_text in rows:
-            headers = {k: v for k, v in _loads_headers(headers_text).items() if k not in DEATH_HEADERS}
-            moved.append((qid, _dumps_headers(headers), mid))
+            headers = {k: v for k, v in loads_headers(headers_text).items() if k not in DEATH_HEADERS}
+            moved.append((qid, dumps_headers(headers), mid))
         conn.executemany(
             "UPDATE mq_messages SET qid = ?, state = 0, deadline = -priority, attempts = 0, token = token + 1,"
             " headers = ?, dead_from = NULL WHERE id = ?",
@@ -1042,7 +883,7 @@ class SQLiteStorage(Storage):
     def _do_peek(self, conn: sqlite3.Connection, queue: str, n: int, now: float) -> list[Leased]:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        rows = conn.execute(_PEEK, (qid, n)).fetchall()
+        rows = conn.execute(PEEK, (qid, n)).fetchall()
         rows.sort(key=lambda row: (-row[5], row[0]))
         return [
             Leased(
@@ -1053,7 +894,7 @@ class SQLiteStorage(Storage):
                 enqueued_at,
                 priority,
                 group,
-                _loads_headers(headers),
+                loads_headers(headers),
                 deadline if state == IN_FLIGHT else None,
             )
             for mid, state, body, attempts, enqueued_at, priority, group, headers, deadline in rows[:n]
@@ -1062,13 +903,13 @@ class SQLiteStorage(Storage):
     def _do_counts(self, conn: sqlite3.Connection, queue: str, now: float) -> tuple[int, int, int]:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        ready, delayed, in_flight = conn.execute(_COUNTS, (qid,)).fetchone()
+        ready, delayed, in_flight = conn.execute(COUNTS, (qid,)).fetchone()
         return ready, delayed, in_flight
 
     def _do_stats(self, conn: sqlite3.Connection, queue: str, now: float) -> QueueStats:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        ready, delayed, in_flight = conn.execute(_COUNTS, (qid,)).fetchone()
+        ready, delayed, in_flight = conn.execute(COUNTS, (qid,)).fetchone()
         name, _, dead_name, _ = self._spec(conn, qid)
         dead_row = conn.execute("SELECT qid FROM mq_queues WHERE name = ?", (dead_name,)).fetchone()
         dead = 0
@@ -1084,7 +925,7 @@ class SQLiteStorage(Storage):
     def _do_next_wakeup(self, conn: sqlite3.Connection, queue: str, now: float) -> float | None:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        deadline = conn.execute(_NEXT_DEADLINE, (qid,)).fetchone()[0]
+        deadline = conn.execute(NEXT_DEADLINE, (qid,)).fetchone()[0]
         self._wake[qid] = (self._writes, deadline)
         self._cached_at = self._writes
         return self._polled(qid, now, deadline)
