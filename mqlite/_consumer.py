@@ -27,6 +27,9 @@ W = TypeVar("W", ThreadWaiter, AsyncWaiter)
 
 log = logging.getLogger("mqlite")
 
+_DONE = Outcome.DONE  # module globals: reading an enum member off its class costs ~50 ns
+_NOOP = Outcome.NOOP
+
 YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
 
 
@@ -406,7 +409,8 @@ class Consumer(Generic[T]):
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         try:
             if verb == "ack":  # the hot path, without building a closure
-                outcome = queue._storage.ack(queue._name, [(message.id, message._record.token)], queue._clock())[0]
+                record = message._record
+                outcome = queue._storage.ack(queue._name, [(record.id, record.token)], queue._clock())[0]
             else:
                 outcome = self._settle_call(message, verb, delay, text)()
         except BaseException:
@@ -440,10 +444,11 @@ class Consumer(Generic[T]):
 
     def _settled(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
         """After the storage answered: forget the message, report it, wake who may proceed."""
-        self._held.pop(message.id, None)
+        record = message._record
+        self._held.pop(record.id, None)
         queue = self._queue
-        if outcome == Outcome.DONE:
-            grouped = message._record.group is not None
+        if outcome == _DONE:
+            grouped = record.group is not None
             if verb == "ack":
                 queue._channel.changed(1 if grouped else 0, settled=True)
             elif verb == "release":
@@ -460,7 +465,7 @@ class Consumer(Generic[T]):
             else:
                 queue._dead_channel().changed(1)
                 queue._channel.changed(1 if grouped else 0, settled=True)
-        elif outcome == Outcome.NOOP:
+        elif outcome == _NOOP:
             queue._channel.changed(0, settled=True)
         else:
             message._unclaim(True)

@@ -120,10 +120,14 @@ class Message(Generic[T]):
         """Done: delete the message. Works after the lease ended, until it is delivered again."""
         consumer = self._consumer
         if consumer is not None and not consumer._queue._closed:
-            with _claim_lock:
+            lock = _claim_lock  # acquire/release: half the cost of ``with`` on the per-message path
+            lock.acquire()
+            try:
                 settled = self._settled
                 if settled is None:
                     self._settled = "ack"
+            finally:
+                lock.release()
             if settled is None:
                 consumer._settle(self, "ack", 0.0, None)
                 return

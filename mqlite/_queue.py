@@ -31,6 +31,8 @@ R = TypeVar("R")
 
 log = logging.getLogger("mqlite")
 
+_tuple_new = tuple.__new__  # builds a default-option Envelope without the namedtuple's __new__ frame
+
 _io_pool: concurrent.futures.ThreadPoolExecutor | None = None
 _io_pool_lock = threading.Lock()
 
@@ -444,8 +446,10 @@ class Queue(Generic[T]):
         serializer cannot encode, :class:`QueueClosed` once closed.
         """
         if timeout is None and not self._closed and _defaults(delay, priority, group, dedup_key, headers):
-            # the fast path: default options, one attempt
-            envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
+            # the fast path: default options, one attempt (the envelope built as Envelope(data)
+            # would, minus the namedtuple's Python-level __new__)
+            data = body if self._serializer is None else self._encode(body)
+            envelopes: list[Envelope] = [_tuple_new(Envelope, (data, 0, None, None, None, 0.0))]
             ids = self._storage.put(self._name, envelopes, self._clock(), self._maxsize)
             if ids is not None:
                 self._channel.changed(1)
@@ -508,7 +512,8 @@ class Queue(Generic[T]):
             and not self._storage.blocking_io
             and _defaults(delay, priority, group, dedup_key, headers)
         ):  # the fast path: default options on a storage that never blocks, one attempt
-            envelopes = [Envelope(body if self._serializer is None else self._encode(body))]
+            data = body if self._serializer is None else self._encode(body)
+            envelopes: list[Envelope] = [_tuple_new(Envelope, (data, 0, None, None, None, 0.0))]
             now = time.monotonic()
             if now - self._yielded > YIELD_EVERY:  # let the loop run other tasks now and then,
                 self._yielded = now  # before putting, so a cancellation here enqueues nothing

@@ -177,7 +177,9 @@ class Channel:
         Wakes one getter per ready message, plus one to take over the timer if ``wake_at`` is
         earlier than every sleeping getter's, up to ``room`` putters, and every joiner.
         """
-        with self.mutex:
+        mutex = self.mutex  # acquire/release: half the cost of ``with``, and this runs 3x a message
+        mutex.acquire()
+        try:
             self.epoch += 1
             if not (self.getters or self.putters or self.joiners):
                 return  # the common case: nobody waits
@@ -193,6 +195,8 @@ class Channel:
                 self._pop(self.putters, room, putters)
             if settled and self.joiners:
                 self._pop(self.joiners, len(self.joiners), joiners)
+        finally:
+            mutex.release()
         if getters:
             self._wake(self.getters, getters)
         if putters:
