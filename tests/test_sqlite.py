@@ -16,7 +16,7 @@ import pytest
 from hypothesis import settings
 
 import mqlite
-from mqlite.storage import Envelope, Outcome, QueueSpec, _sqlite_schema, sqlite as sqlite_module
+from mqlite.storage import Envelope, Outcome, QueueSpec, _sqlite_combiner, _sqlite_schema, sqlite as sqlite_module
 from mqlite.storage.sqlite import SQLiteStorage
 from mqlite.testing import make_conformance_test
 
@@ -358,7 +358,7 @@ def test_full_durability_syncs_the_real_wal_of_a_database_opened_through_a_symli
     """SQLite keeps the WAL beside the file a symlink points to; syncing a path beside the link
     would find nothing there and silently skip the fsync."""
     synced: list[str] = []
-    monkeypatch.setattr(sqlite_module, "_fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    monkeypatch.setattr(_sqlite_combiner, "_fdatasync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
     (tmp_path / "real").mkdir()
     SQLiteStorage(tmp_path / "real" / "q.db").close()
     (tmp_path / "link.db").symlink_to(tmp_path / "real" / "q.db")
@@ -383,7 +383,7 @@ def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(
     durable call fsyncs the WAL before returning; a lease does not wait for an fsync, and one
     fsync serves every commit made before it started."""
     synced: list[int] = []
-    monkeypatch.setattr(sqlite_module, "_fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    monkeypatch.setattr(_sqlite_combiner, "_fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
     storage = SQLiteStorage(tmp_path / "q.db")
     assert storage._split
     assert storage._connection().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -411,7 +411,7 @@ def test_a_failed_wal_fsync_fails_the_call_and_every_later_durable_one(tmp_path,
         raise OSError(5, "Input/output error")
 
     storage = SQLiteStorage(tmp_path / "q.db")
-    monkeypatch.setattr(sqlite_module, "_fdatasync", broken)
+    monkeypatch.setattr(_sqlite_combiner, "_fdatasync", broken)
     with pytest.raises(mqlite.StorageError, match="committed, but the WAL could not be synced"):
         storage.put("q", [Envelope(b"x")], T0)
     monkeypatch.undo()

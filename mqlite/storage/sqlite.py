@@ -1,22 +1,22 @@
 """``SQLiteStorage``: queues in one SQLite database file, shared by threads and processes.
 
-The file's layout, its versions and the longer statements are in :mod:`mqlite.storage._sqlite_schema`.
+This module holds the storage's public surface (the class, its constructor and the
+:class:`Storage` calls, ``from_url``), opening the file, and the operations: each call runs in
+one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the queue it names (due
+delays become ready, ended leases fail their attempt) and then does its work; a lease is one
+``UPDATE ... RETURNING`` whose subquery picks the eligible rows in delivery order.
 
-Every call runs in one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the
-queue it names (due delays become ready, ended leases fail their attempt) and then does its
-work; a lease is one ``UPDATE ... RETURNING`` whose subquery picks the eligible rows in delivery
-order. Calls from many threads of one process are *combined*: whoever arrives while another
-caller's transaction runs waits, and the next transaction carries every waiting call at once,
-each inside its own ``SAVEPOINT`` (a failing call rolls back alone) - one commit, one fsync for
-all of them (group commit).
+The rest lives in private modules with one job each:
 
-With ``durability="full"`` (on POSIX) the commit itself runs with ``synchronous=NORMAL`` and the
-callers of durable calls then fsync the WAL before returning, outside the write lock: leases and
-reads in the same batch return at once, the next transaction runs during the fsync, and one
-fsync serves every commit made before it began. A durable call still returns only once its
-commit is on stable storage; what changes is that other connections may see a commit a moment
-before it is synced (a lease of such a message is lost with it by a power cut, which the
-lease's own promise already allows).
+* :mod:`mqlite.storage._sqlite_schema`: the file's layout, its versions and upgrades, the check
+  that a file is an mqlite database, and the longer statements.
+* :mod:`mqlite.storage._sqlite_combiner`: calls from many threads of one process are
+  *combined* into one transaction (one commit, one fsync for all of them: group commit), and
+  with ``durability="full"`` (on POSIX) the commit runs with ``synchronous=NORMAL`` and the
+  callers of durable calls fsync the WAL before returning, outside the write lock. A durable
+  call still returns only once its commit is on stable storage; other connections may see a
+  commit a moment before it is synced (a lease of such a message is lost with it by a power
+  cut, which the lease's own promise already allows).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import math
 import operator
 import os
 import sqlite3
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
-from typing import Any, ClassVar, Final, final
+from typing import ClassVar, Final, final
 
 from .._errors import StorageError, StorageLocked
+from ._sqlite_combiner import MISS, Combiner, WaitingCall
 from ._sqlite_schema import (
     APPLICATION_ID,
     CLAIM,
@@ -74,12 +74,7 @@ _PLAIN: Final = Envelope(None)[1:]  # the options of an envelope put with every 
 _OPTIONS: Final = operator.itemgetter(slice(1, None))  # an envelope's options
 _BODY: Final = operator.itemgetter(0)
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
-_MISS: Final = object()
-_VACUUM_EVERY: Final = 256  # write commits between free-page checks
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
-
-_fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
-"""How the WAL is synced: as SQLite itself does on Linux (data and the size, not timestamps)."""
 
 _abandoned: list[sqlite3.Connection] = []
 """Connections inherited across fork: never used nor closed in the child (closing could act on
@@ -97,24 +92,8 @@ if hasattr(os, "register_at_fork"):
 
 
 
-class _Op:
-    """One storage call waiting to run in the next combined transaction."""
-
-    __slots__ = ("args", "durable", "error", "function", "gate", "lead", "result", "sync")
-
-    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], durable: bool) -> None:
-        self.function = function
-        self.args = args
-        self.durable = durable
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.gate: threading.Lock | None = None
-        self.lead = False
-        self.sync = 0  # the commit number its caller must see synced before returning (0: none)
-
-
 @final
-class SQLiteStorage(Storage):
+class SQLiteStorage(Combiner, Storage):
     """Queues in one SQLite database file: durable, shared by threads and processes on one host.
 
     ``path`` is the database file (created 0600 if missing). ``durability="full"`` (default):
@@ -172,22 +151,9 @@ class SQLiteStorage(Storage):
 
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
-        self._mutex = threading.Lock()  # guards _pending and _busy
-        self._pending: list[_Op] = []
-        self._busy = False
-        self._conn_lock = threading.Lock()  # held by the leader while it runs a transaction
+        self._init_combiner()
         self._conn: sqlite3.Connection | None = None
         self._sync: str | None = None
-        self._commits = 0
-        # Split sync (durability="full" on POSIX): transactions commit with synchronous=NORMAL,
-        # then callers of durable calls fsync the WAL themselves, outside the write lock, one
-        # fsync for every commit made before it started (see _sync_wal).
-        self._split = self._full and os.name == "posix"
-        self._sync_lock = threading.Lock()  # one fsync of the WAL at a time
-        self._wal_fd: int | None = None
-        self._committed = 0  # transactions with a durable call, numbered as they commit
-        self._synced = 0  # the highest of those numbers known to be on stable storage
-        self._sync_failed: OSError | None = None
         self._writes = 0  # bumped by every change this process makes; caches record it
         self._cached_at = -1  # the write count when a cache entry was last stored
         self._waiting: dict[int, int] = {}  # qid -> polls since a lease here last found messages (the backoff step)
@@ -302,198 +268,20 @@ class SQLiteStorage(Storage):
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    # -- the combiner: one transaction for every call waiting ---------------------------------
-
-    def _submit(self, function: Callable[..., Any], durable: bool, *args: Any) -> Any:
-        if self._pid != os.getpid():
-            self._forked()
-        op = _Op(function, args, durable)
-        with self._mutex:
-            if self._closed:
-                raise StorageError(f"{self!r} is closed")
-            self._pending.append(op)
-            gate = None
-            if self._busy:
-                gate = op.gate = threading.Lock()
-                gate.acquire()
-            else:
-                self._busy = True
-                op.lead = True
-        if gate is not None:
-            gate.acquire()  # released when our transaction ended, or when it is our turn to lead
-        if op.lead:
-            self._lead()
-        if op.error is not None:
-            raise op.error
-        if op.sync:
-            self._sync_wal(op.sync)
-        return op.result
-
-    def _sync_wal(self, number: int) -> None:
-        """Make commit ``number`` durable: fsync the WAL, unless an fsync that started after
-        that commit already finished. One fsync serves every commit made before it began, and
-        it runs outside the write lock, so the next transaction proceeds meanwhile.
-
-        Same promise as ``synchronous=FULL``, which syncs the WAL at each commit: a checkpoint
-        (which syncs the WAL before and the database after copying) or a WAL reset (only after
-        a complete checkpoint) never leaves a committed frame on neither synced file."""
-        with self._sync_lock:
-            if self._sync_failed is not None:
-                raise StorageError(
-                    f"SQLite database {self.path!r}: an earlier fsync of the WAL failed ({self._sync_failed}); "
-                    "committed changes may not be on stable storage, reopen the storage"
-                )
-            if self._synced >= number:
-                return
-            target = self._committed  # every transaction numbered up to here has committed
-            try:
-                fd = self._wal_fd
-                if fd is None:
-                    # SQLite resolves symbolic links and keeps the WAL beside the real file.
-                    wal = os.path.realpath(self.path) + "-wal"
-                    fd = self._wal_fd = os.open(wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                _fdatasync(fd)
-            except FileNotFoundError as error:
-                # SQLite deletes the WAL only when the last connection closes, checkpointing it
-                # (with syncs) first; while ours is open, a missing WAL means we cannot sync.
-                if not self._closed:
-                    self._sync_failed = error
-                    raise StorageError(
-                        f"SQLite database {self.path!r}: committed, but its WAL was not found to sync: {error}"
-                    ) from error
-            except OSError as error:
-                self._sync_failed = error
-                raise StorageError(
-                    f"SQLite database {self.path!r}: committed, but the WAL could not be synced: {error}"
-                ) from error
-            self._synced = target
-            if self._closed and self._wal_fd is not None:  # close() ran while this call was syncing
-                with contextlib.suppress(OSError):
-                    os.close(self._wal_fd)
-                self._wal_fd = None
-
-    def _lead(self) -> None:
-        with self._mutex:
-            batch, self._pending = self._pending, []
-        try:
-            with self._conn_lock:
-                self._run(batch)
-        finally:
-            with self._mutex:
-                successor = self._pending[0] if self._pending else None
-                if successor is None:
-                    self._busy = False
-                else:
-                    successor.lead = True
-            for op in batch:
-                if op.gate is not None and not op.lead:
-                    op.gate.release()
-            if successor is not None:
-                assert successor.gate is not None
-                successor.gate.release()
-
-    def _run(self, batch: list[_Op]) -> None:
-        if self._closed:
-            for op in batch:
-                op.error = StorageError(f"{self!r} is closed")
-            return
-        fast = self._fast
-        try:
-            conn = self._connection()
-            # A cache entry is only valid if stored at the current write count, so while none
-            # is, no call can be answered from the cache and the check is not needed.
-            if self._cached_at == self._writes and any(op.function.__name__ in fast for op in batch):
-                dv = conn.execute("PRAGMA data_version").fetchone()[0]
-                if dv != self._dv:
-                    self._forget()
-                    self._dv = dv
-        except BaseException as error:
-            for op in batch:
-                op.error = error if not isinstance(error, sqlite3.Error) else self._error(error)
-            return
-        todo: list[_Op] = []
-        for op in batch:  # calls that a cache answers need no transaction
-            answer = fast.get(op.function.__name__)
-            if answer is not None:
-                result = answer(self, *op.args)
-                if result is not _MISS:
-                    op.result = result
-                    continue
-            todo.append(op)
-        if todo:
-            self._transaction(conn, todo)
-
-    def _transaction(self, conn: sqlite3.Connection, todo: list[_Op]) -> None:
-        try:
-            durable = self._full and any(op.durable for op in todo)
-            self._set_sync(conn, "FULL" if durable and not self._split else "NORMAL")
-            self._begin(conn)
-        except BaseException as error:
-            for op in todo:
-                op.error = self._error(error) if isinstance(error, sqlite3.Error) else error
-            return
-        writes = self._writes
-        try:
-            dv = conn.execute("PRAGMA data_version").fetchone()[0]
-            if dv != self._dv:
-                self._forget()
-                self._dv = dv
-            if len(todo) == 1:
-                op = todo[0]
-                op.result = op.function(conn, *op.args)
-            else:
-                merged = self._put_together(conn, todo)
-                for op in todo:
-                    if op in merged:
-                        continue
-                    conn.execute("SAVEPOINT mq_op")
-                    try:
-                        op.result = op.function(conn, *op.args)
-                    except Exception as error:
-                        conn.execute("ROLLBACK TO mq_op")
-                        self._qids.clear()
-                        self._forget()
-                        self._writes += 1
-                        op.error = self._error(error) if isinstance(error, sqlite3.Error) else error
-                    conn.execute("RELEASE mq_op")
-            if self._writes != writes:
-                self._commits += 1
-                if self._commits % _VACUUM_EVERY == 0:
-                    self._vacuum(conn)
-            conn.execute("COMMIT")
-            if durable and self._split:
-                self._committed += 1
-                for op in todo:
-                    if op.durable and op.error is None:
-                        op.sync = self._committed
-        except BaseException as error:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self._qids.clear()
-            self._forget()
-            failure = self._error(error) if isinstance(error, sqlite3.Error) else error
-            for op in todo:
-                if op.error is None:
-                    op.error = failure
-                op.result = None
-
-    def _put_together(self, conn: sqlite3.Connection, todo: list[_Op]) -> set[_Op]:
+    def _put_together(self, conn: sqlite3.Connection, todo: list[WaitingCall]) -> set[WaitingCall]:
         """Run the batch's plain puts to one queue (default options, no maxsize) as one id
         range and one ``executemany``, instead of a savepoint, a counter update and an insert
         each; return the calls so answered. Among themselves they get ids in the order they
         arrived; they run before the batch's other calls (all of them concurrent, so any order
         is one they may see). If the combined insert fails, it is rolled back and those puts run
         one by one after all, so a bad call still fails alone."""
-        plain: dict[str, list[_Op]] = {}
+        plain: dict[str, list[WaitingCall]] = {}
         for op in todo:
             if op.function.__name__ == "_do_put":
                 queue, envelopes, _, maxsize = op.args
                 if not maxsize and envelopes and all(map(_PLAIN.__eq__, map(_OPTIONS, envelopes))):
                     plain.setdefault(queue, []).append(op)
-        merged: set[_Op] = set()
+        merged: set[WaitingCall] = set()
         for queue, ops in plain.items():
             if len(ops) < 2:
                 continue
@@ -739,12 +527,12 @@ class SQLiteStorage(Storage):
     def _fast_lease(self, queue: str, n: int, now: float, lease: float) -> object:
         qid = self._qids.get(queue)
         if qid is None:
-            return _MISS
+            return MISS
         empty = self._empty.get(qid)
         if empty is not None and empty[0] == self._writes and now < empty[1]:
             self._waiting.setdefault(qid, 0)
             return []
-        return _MISS
+        return MISS
 
     def _settle(
         self,
@@ -933,10 +721,10 @@ class SQLiteStorage(Storage):
     def _fast_next_wakeup(self, queue: str, now: float) -> object:
         qid = self._qids.get(queue)
         if qid is None:
-            return _MISS
+            return MISS
         wake = self._wake.get(qid)
         if wake is None or wake[0] != self._writes or (wake[1] is not None and now >= wake[1]):
-            return _MISS
+            return MISS
         return self._polled(qid, now, wake[1])
 
     def _polled(self, qid: int, now: float, deadline: float | None) -> float | None:
