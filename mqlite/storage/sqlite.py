@@ -10,6 +10,8 @@ The rest lives in private modules with one job each:
 
 * :mod:`mqlite.storage._sqlite_schema`: the file's layout, its versions and upgrades, the check
   that a file is an mqlite database, and the longer statements.
+* :mod:`mqlite.storage._sqlite_connection`: creating the file and connecting, ``BEGIN
+  IMMEDIATE`` with retries, and leaving connections inherited across ``fork`` alone.
 * :mod:`mqlite.storage._sqlite_combiner`: calls from many threads of one process are
   *combined* into one transaction (one commit, one fsync for all of them: group commit), and
   with ``durability="full"`` (on POSIX) the commit runs with ``synchronous=NORMAL`` and the
@@ -26,14 +28,13 @@ import math
 import operator
 import os
 import sqlite3
-import time
-import weakref
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
 from typing import ClassVar, Final, final
 
 from .._errors import StorageError, StorageLocked
 from ._sqlite_combiner import MISS, Combiner, WaitingCall
+from ._sqlite_connection import abandon, begin_immediate, connect, track
 from ._sqlite_schema import (
     APPLICATION_ID,
     CLAIM,
@@ -75,22 +76,6 @@ _OPTIONS: Final = operator.itemgetter(slice(1, None))  # an envelope's options
 _BODY: Final = operator.itemgetter(0)
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
-
-_abandoned: list[sqlite3.Connection] = []
-"""Connections inherited across fork: never used nor closed in the child (closing could act on
-the parent's WAL), only kept referenced so they are not closed by garbage collection."""
-_live: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for storage in list(_live):
-        storage._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 
 @final
 class SQLiteStorage(Combiner, Storage):
@@ -145,7 +130,7 @@ class SQLiteStorage(Combiner, Storage):
         self._closed = False
         self._init_process_state()
         self._connection()  # open now, so a bad file fails here and names its path
-        _live.add(self)
+        track(self)
 
     # -- process-local state -------------------------------------------------------------------
 
@@ -170,7 +155,7 @@ class SQLiteStorage(Combiner, Storage):
     def _forked(self) -> None:
         """In a child after fork: abandon the parent's connection and locks."""
         if self._conn is not None:
-            _abandoned.append(self._conn)
+            abandon(self._conn)
         if self._wal_fd is not None:  # this process's copy of the descriptor only
             with contextlib.suppress(OSError):
                 os.close(self._wal_fd)
@@ -182,6 +167,8 @@ class SQLiteStorage(Combiner, Storage):
     # -- opening -------------------------------------------------------------------------------
 
     def _error(self, error: BaseException, what: str = "") -> StorageError:
+        """The error reporting ``error`` from SQLite: :class:`StorageLocked` if another
+        connection kept the database locked past busy_timeout, else :class:`StorageError`."""
         text = str(error)
         if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return StorageLocked(
@@ -190,6 +177,7 @@ class SQLiteStorage(Combiner, Storage):
         return StorageError(f"SQLite database {self.path!r}{what}: {error}")
 
     def _connection(self) -> sqlite3.Connection:
+        """This process's connection, opened (and the file checked) on first use."""
         if self._pid != os.getpid():  # fork without the at-fork hook (should not happen)
             self._forked()
         conn = self._conn
@@ -198,26 +186,8 @@ class SQLiteStorage(Combiner, Storage):
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        path = self.path
-        # Create the file 0600 if missing, but never open and close a descriptor of an existing
-        # one: closing any descriptor of a file drops every POSIX lock this process holds on it,
-        # including the shared lock of a connection already open here, after which another
-        # process closing its last connection would checkpoint and delete the WAL in use.
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except FileExistsError:
-            if not os.access(path, os.R_OK | os.W_OK):
-                raise StorageError(f"cannot open SQLite database {path!r}: not readable and writable") from None
-        except OSError as error:
-            raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
-        else:
-            os.close(fd)
-        try:
-            conn = sqlite3.connect(
-                path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
-            )
-        except sqlite3.Error as error:
-            raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
+        """A new connection to the file, checked and set up (closed again if that fails)."""
+        conn = connect(self.path, self.busy_timeout)
         try:
             self._prepare(conn)
         except BaseException:
@@ -226,6 +196,8 @@ class SQLiteStorage(Combiner, Storage):
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check that the file is an mqlite database, switch it to WAL, set the sync level and
+        create or upgrade the schema if needed."""
         path = self.path
         tables, setup = check_file(conn, path)
         try:
@@ -242,31 +214,14 @@ class SQLiteStorage(Combiner, Storage):
             raise self._error(error, " while opening") from error
 
     def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
+        """Set ``PRAGMA synchronous`` to ``level`` unless it already is (remembered per connection)."""
         if self._sync != level:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._sync = level
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until busy_timeout."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # the usual case, without the retry loop's set-up
-            return
-        except sqlite3.OperationalError as error:
-            text = str(error)
-            if "locked" not in text and "busy" not in text:
-                raise
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as error:
-                text = str(error)
-                if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        begin_immediate(conn, self.busy_timeout)
 
     def _put_together(self, conn: sqlite3.Connection, todo: list[WaitingCall]) -> set[WaitingCall]:
         """Run the batch's plain puts to one queue (default options, no maxsize) as one id

@@ -1,0 +1,103 @@
+"""Opening an SQLite connection for ``SQLiteStorage``, beginning its write transactions, and
+keeping connections safe across ``fork``.
+
+Why apart: these are the rules of SQLite and POSIX file locks that the storage must follow
+whatever it stores - how to create the file without dropping this process's locks, how to wait
+for another process's write transaction, and why a connection inherited by a forked child must
+be neither used nor closed there - and they read best next to each other, with their reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import weakref
+from typing import Protocol
+
+from .._errors import StorageError
+
+
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A new autocommit connection to the database file ``path``, created 0600 if missing.
+
+    Usable from any thread (the storage serialises its use) and caching the statements of
+    every call. Raises :class:`StorageError` naming the path if the file cannot be opened."""
+    # Create the file 0600 if missing, but never open and close a descriptor of an existing
+    # one: closing any descriptor of a file drops every POSIX lock this process holds on it,
+    # including the shared lock of a connection already open here, after which another
+    # process closing its last connection would checkpoint and delete the WAL in use.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StorageError(f"cannot open SQLite database {path!r}: not readable and writable") from None
+    except OSError as error:
+        raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
+    else:
+        os.close(fd)
+    try:
+        return sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+    except sqlite3.Error as error:
+        raise StorageError(f"cannot open SQLite database {path!r}: {error}") from error
+
+
+def begin_immediate(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until ``busy_timeout``.
+
+    SQLite's busy handler does not cover every case where another connection holds the write
+    lock, so a busy or locked error is retried here, with a backoff from 1 ms to 50 ms."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # the usual case, without the retry loop's set-up
+        return
+    except sqlite3.OperationalError as error:
+        text = str(error)
+        if "locked" not in text and "busy" not in text:
+            raise
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            text = str(error)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+class ForkAware(Protocol):
+    """What :func:`track` needs of a storage: a way to drop its parent's state in a child."""
+
+    def _forked(self) -> None:
+        """In a child after fork: abandon the parent's connection and locks."""
+
+
+_abandoned: list[sqlite3.Connection] = []
+"""Connections inherited across fork: never used nor closed in the child (closing could act on
+the parent's WAL), only kept referenced so they are not closed by garbage collection."""
+_live: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+"""Every open storage of this process, told when the process forks."""
+
+
+def track(storage: ForkAware) -> None:
+    """Call ``storage._forked()`` in the child whenever this process forks (while it lives)."""
+    _live.add(storage)
+
+
+def abandon(conn: sqlite3.Connection) -> None:
+    """Keep a connection inherited from the parent referenced forever, never used nor closed."""
+    _abandoned.append(conn)
+
+
+def _after_fork_in_child() -> None:
+    for storage in list(_live):
+        storage._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
