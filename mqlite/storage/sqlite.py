@@ -77,6 +77,7 @@ _BODY: Final = operator.itemgetter(0)
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
 
+
 @final
 class SQLiteStorage(Combiner, Storage):
     """Queues in one SQLite database file: durable, shared by threads and processes on one host.
