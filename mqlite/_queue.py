@@ -445,9 +445,18 @@ class Queue(Generic[T]):
         :class:`Full`. Raises :class:`SerializationError` (nothing enqueued) for a body the
         serializer cannot encode, :class:`QueueClosed` once closed.
         """
-        if timeout is None and not self._closed and _defaults(delay, priority, group, dedup_key, headers):
-            # the fast path: default options, one attempt (the envelope built as Envelope(data)
-            # would, minus the namedtuple's Python-level __new__)
+        if (
+            timeout is None
+            and group is None
+            and dedup_key is None
+            and headers is None
+            and (delay.__class__ is float or delay.__class__ is int)
+            and delay == 0
+            and priority.__class__ is int
+            and priority == 0
+            and not self._closed
+        ):  # the fast path: default options (_defaults, inline), one attempt; the envelope is
+            # built as Envelope(data) would be, minus the namedtuple's Python-level __new__
             data = body if self._serializer is None else self._encode(body)
             envelopes: list[Envelope] = [_tuple_new(Envelope, (data, 0, None, None, None, 0.0))]
             ids = self._storage.put(self._name, envelopes, self._clock(), self._maxsize)

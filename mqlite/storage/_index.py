@@ -236,7 +236,11 @@ class QueueIndex:
                     envelope.body, priority, None, envelope.headers or _EMPTY_HEADERS, now, READY, now
                 )
                 self.n_ready += 1
-                self._push_eligible(mid, priority)
+                heap = self.eligible.get(priority)
+                if heap is None:
+                    self._push_eligible(mid, priority)
+                else:
+                    _heappush(heap, mid)
                 return [mid]
         window = self.spec.dedup_window
         dedup = self.dedup
@@ -648,8 +652,20 @@ class Index:
                 and (entry.meta is None or (entry.meta[1] is None and not entry.meta[2]))
             ):
                 index.n_in_flight -= 1
-                del index.entries[mid]
-                index._trim_in_flight()
+                entries = index.entries
+                del entries[mid]
+                in_flight = index.in_flight  # _trim_in_flight, inline
+                while in_flight:
+                    expires_at, top, top_token = in_flight[0]
+                    entry = entries.get(top)
+                    if (
+                        entry is not None
+                        and entry.state == IN_FLIGHT
+                        and entry.token == top_token
+                        and entry.deadline == expires_at
+                    ):
+                        break
+                    _heappop(in_flight)
                 return [_DONE]
 
         def apply(mid: int, entry: Entry, running: bool) -> Outcome:
