@@ -435,6 +435,25 @@ class Consumer(Generic[T]):
             raise
         self._settled(message, verb, delay, outcome)
 
+    def _ack(self, message: Message[T]) -> None:
+        """``_settle(message, "ack", ...)`` and, if the storage acked it, what ``_settled`` does
+        for an ack, in one frame: the per-message path of ``Message.ack``."""
+        queue = self._queue
+        if queue._closed:
+            message._unclaim(False)
+            raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
+        record = message._record
+        try:
+            outcome = queue._storage.ack(queue._name, [(record.id, record.token)], queue._clock())[0]
+        except BaseException:
+            message._unclaim(False)
+            raise
+        if outcome == _DONE:
+            self._held.pop(record.id, None)
+            queue._channel.changed(0 if record.group is None else 1, settled=True)
+            return
+        self._settled(message, "ack", 0.0, outcome)
+
     async def _asettle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:

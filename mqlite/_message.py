@@ -129,10 +129,10 @@ class Message(Generic[T]):
             finally:
                 lock.release()
             if settled is None:
-                consumer._settle(self, "ack", 0.0, None)
+                consumer._ack(self)
                 return
         if self._claim("ack") and consumer is not None:  # peeked, repeated, or raced with a failed settle
-            consumer._settle(self, "ack", 0.0, None)
+            consumer._ack(self)
 
     def nack(self, delay: float = 0.0, *, error: str | None = None) -> None:
         """Failed attempt: ready again after ``delay`` seconds, or dead-lettered if this was

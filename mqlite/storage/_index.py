@@ -223,25 +223,8 @@ class QueueIndex:
     # -- transitions -------------------------------------------------------------------------
 
     def put(self, envelopes: Sequence[Envelope], now: float, maxsize: int, storage: Index) -> list[int] | None:
-        """See :meth:`Storage.put`; ids come from ``storage.take_ids``."""
-        if len(envelopes) == 1 and not self.dedup:
-            envelope = envelopes[0]
-            if envelope.dedup_key is None and envelope.group is None and envelope.delay <= 0.0:
-                # the common put: one ready message, no group, no dedup bookkeeping to do
-                if maxsize and self.n_ready + self.n_delayed >= maxsize:
-                    return None
-                mid = storage.last_id = storage.last_id + 1  # take_ids(1), inline
-                priority = envelope.priority
-                self.entries[mid] = Entry(
-                    envelope.body, priority, None, envelope.headers or _EMPTY_HEADERS, now, READY, now
-                )
-                self.n_ready += 1
-                heap = self.eligible.get(priority)
-                if heap is None:
-                    self._push_eligible(mid, priority)
-                else:
-                    _heappush(heap, mid)
-                return [mid]
+        """See :meth:`Storage.put`; ids come from ``storage.take_ids``. The plain single put
+        never gets here: :meth:`Index.put` does it inline, saving a call per message."""
         window = self.spec.dedup_window
         dedup = self.dedup
         if dedup:
@@ -316,32 +299,8 @@ class QueueIndex:
         return ids
 
     def lease(self, n: int, now: float, lease: float, token: int) -> list[Leased]:
-        """See :meth:`Storage.lease`; tokens are ``token``, ``token + 1``, ..."""
-        if n == 1 and self.levels:
-            # the common lease: one message, the head of the top heap plain (no group, priority
-            # 0, no headers) and ready; anything else (stale id, group head) takes the loop below
-            priority = self.levels[0]
-            heap = self.eligible[priority]
-            mid = heap[0]
-            entry = self.entries.get(mid)
-            if entry is not None and entry.meta is None and entry.state == READY:
-                _heappop(heap)
-                if not heap:
-                    del self.eligible[priority]
-                    self.levels.pop(0)
-                expires_at = now + lease
-                entry.state = IN_FLIGHT
-                attempts = entry.attempts = entry.attempts + 1
-                entry.token = token
-                entry.deadline = expires_at
-                _heappush(self.in_flight, (expires_at, mid, token))
-                self.n_ready -= 1
-                self.n_in_flight += 1
-                record: Leased = _tuple_new(
-                    Leased,
-                    (mid, token, entry.body, attempts, entry.enqueued_at, 0, None, _EMPTY_HEADERS, expires_at),
-                )
-                return [record]
+        """See :meth:`Storage.lease`; tokens are ``token``, ``token + 1``, ... The lease of one
+        plain ready head is done inline by :meth:`Index.lease`, saving a call per message."""
         taken: list[Leased] = []
         expires_at = now + lease
         entries = self.entries
@@ -619,6 +578,24 @@ class Index:
             or (index.in_flight and index.in_flight[0][0] <= now)
         ):
             index = self.touch(queue, now)
+        if len(envelopes) == 1 and not index.dedup:
+            envelope = envelopes[0]
+            if envelope.dedup_key is None and envelope.group is None and envelope.delay <= 0.0:
+                # the common put: one ready message, no group, no dedup bookkeeping to do
+                if maxsize and index.n_ready + index.n_delayed >= maxsize:
+                    return None
+                mid = self.last_id = self.last_id + 1  # take_ids(1), inline
+                priority = envelope.priority
+                index.entries[mid] = Entry(
+                    envelope.body, priority, None, envelope.headers or _EMPTY_HEADERS, now, READY, now
+                )
+                index.n_ready += 1
+                heap = index.eligible.get(priority)
+                if heap is None:
+                    index._push_eligible(mid, priority)
+                else:
+                    _heappush(heap, mid)
+                return [mid]
         return index.put(envelopes, now, maxsize, self)
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
@@ -629,7 +606,34 @@ class Index:
             or (index.in_flight and index.in_flight[0][0] <= now)
         ):
             index = self.touch(queue, now)
-        taken = index.lease(n, now, lease, self.last_token + 1)
+        token = self.last_token + 1
+        if n == 1 and index.levels:
+            # the common lease: one message, the head of the top heap plain (no group, priority
+            # 0, no headers) and ready; anything else (stale id, group head) takes the loop below
+            priority = index.levels[0]
+            heap = index.eligible[priority]
+            mid = heap[0]
+            entry = index.entries.get(mid)
+            if entry is not None and entry.meta is None and entry.state == READY:
+                _heappop(heap)
+                if not heap:
+                    del index.eligible[priority]
+                    index.levels.pop(0)
+                expires_at = now + lease
+                entry.state = IN_FLIGHT
+                attempts = entry.attempts = entry.attempts + 1
+                entry.token = token
+                entry.deadline = expires_at
+                _heappush(index.in_flight, (expires_at, mid, token))
+                index.n_ready -= 1
+                index.n_in_flight += 1
+                record: Leased = _tuple_new(
+                    Leased,
+                    (mid, token, entry.body, attempts, entry.enqueued_at, 0, None, _EMPTY_HEADERS, expires_at),
+                )
+                self.last_token = token
+                return [record]
+        taken = index.lease(n, now, lease, token)
         self.last_token += len(taken)
         return taken
 
