@@ -14,6 +14,7 @@ import pytest
 
 from mqlite import CorruptStorage
 from mqlite.storage import Envelope, QueueSpec, _log
+from mqlite.storage._replay import Replayer
 from mqlite.storage.file import FileStorage
 
 T0 = 1_000_000.0
@@ -128,8 +129,8 @@ def test_runs_of_plain_puts_replay_to_the_state_the_log_was_written_from(tmp_pat
     records = storage.replayed_records
     storage.close()
     # The general path alone (no runs) builds exactly the same index, heap order included.
-    monkeypatch.setattr(FileStorage, "_put_run", lambda self, payload: None)
-    monkeypatch.setattr(FileStorage, "_put_batch", lambda self, data, start, end: False)
+    monkeypatch.setattr(Replayer, "_put_run", lambda self, payload: None)
+    monkeypatch.setattr(Replayer, "_put_batch", lambda self, data, start, end: False)
     storage = FileStorage(directory + ".copy", durability="normal")
     assert _state(storage) == replayed
     assert storage.replayed_records == records
@@ -242,8 +243,8 @@ def test_a_run_stops_where_a_delayed_message_falls_due(tmp_path, monkeypatch, ti
     assert storage.counts("q", T0 + 3.0) == (31, 0, 0)
     assert [m.body for m in storage.lease("q", 3, T0 + 3.0, 30.0)] == [b"first", b"delayed", b"plain 1"]
     storage.close()
-    monkeypatch.setattr(FileStorage, "_put_run", lambda self, payload: None)
-    monkeypatch.setattr(FileStorage, "_put_batch", lambda self, data, start, end: False)
+    monkeypatch.setattr(Replayer, "_put_run", lambda self, payload: None)
+    monkeypatch.setattr(Replayer, "_put_batch", lambda self, data, start, end: False)
     storage = FileStorage(directory + ".copy", durability="normal")
     assert _state(storage) == replayed
     storage.close()

@@ -12,6 +12,7 @@ payload encodings of every record type are below, next to their encoders and dec
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -165,6 +166,27 @@ def check_header(data: bytes) -> int:
 
 def segment_name(number: int) -> str:
     return f"{number:016x}{SUFFIX}"
+
+
+# -- writing segment files ---------------------------------------------------------------------
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def sync_directory(path: str) -> None:
+    """``fsync`` the directory ``path``, so that files created, renamed or deleted in it stay so
+    after a power loss (syncing a file does not sync its directory entry)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- scanning ----------------------------------------------------------------------------------

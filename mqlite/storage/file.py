@@ -5,6 +5,10 @@ storage; every call that changes it appends a record describing the call (with i
 replay can check itself) to the log. Opening replays the log on a fresh index. Compaction writes
 a snapshot of the index as a new segment and deletes the older ones. See ``docs/file-format.md``
 for the format and ``docs/storages.md`` for the promises.
+
+This module holds the storage's public surface and its writing side (appending records, rolling
+segments, compaction). The record format is in :mod:`~mqlite.storage._log`; rebuilding the index
+from the log at open is in :mod:`~mqlite.storage._replay`.
 """
 
 from __future__ import annotations
@@ -12,28 +16,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gc
-import heapq
-import itertools
-import logging
 import operator
 import os
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Final, Literal, final
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar, Final, Literal, final
 
 from .. import _validate
-from .._errors import CorruptStorage, StorageError, StorageLocked
+from .._errors import StorageError, StorageLocked
 from . import _log
-from ._index import DELAYED, IN_FLIGHT, READY, Entry, Index, QueueIndex
+from ._index import Index
+from ._replay import Replayer, expire_leases
 from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
-
-log = logging.getLogger("mqlite.storage.file")
 
 MiB: Final = 1 << 20
 LOCK_NAME: Final = "LOCK"
@@ -42,52 +39,11 @@ _WRITE_CHUNK: Final = 1 << 20
 _BODY: Final = operator.attrgetter("body")
 _META: Final = operator.attrgetter("meta")
 _IDLE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() and open leave the log as it is
-_EXPIRED: Final = float("-inf")
-_NO_HEADERS: Final[dict[str, str]] = {}
-_PUT_FAST: Final = struct.Struct("<dQII")  # a PUT record's head and its queue name's length
-_U32: Final = struct.Struct("<I")
-_NEVER: Final = float("inf")
-_NO_PRIORITY: Final = 1 << 40  # no i32 priority: the run has not looked up an eligible heap yet
-_RUN_STRUCTS: dict[int, struct.Struct] = {}
 _MAX_GATHER: Final = 0.005  # seconds: the longest a sync waits for callers about to append
 _NO_GATHER: Final = contextlib.nullcontext()
 _SYNCED_KINDS: Final = frozenset((_log.PUT, _log.ACK, _log.NACK, _log.REJECT, _log.REDRIVE, _log.PURGE, _log.SPEC))
 
 Durability = Literal["full", "normal"]
-
-
-class _Diverged(Exception):
-    """Replaying a record gave another result than the one it recorded."""
-
-
-def _run_struct(name_size: int) -> struct.Struct:
-    """The layout of a whole one-message PUT record into a queue whose name has ``name_size``
-    bytes, up to its body: frame, put head, name, envelope."""
-    found = _RUN_STRUCTS.get(name_size)
-    if found is None:
-        found = _RUN_STRUCTS[name_size] = struct.Struct(f"<IIBdQII{name_size}siBdI")
-    return found
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while the log is replayed, if it is enabled.
-
-    Replay creates one tracked object (an index ``Entry``) per live message and none of them is
-    garbage; every full collection during replay traverses all of them again (for 1M messages,
-    8 full collections took 0.65 s of a 1.9 s open). Reference counting still frees everything
-    else at once, and the collector runs again as soon as the replay ends. The pause is
-    process-wide, like the collector; an application that disabled the collector itself keeps it
-    disabled.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class _Gather:
@@ -133,13 +89,6 @@ class _Waiter:
         self.gate = threading.Lock()
         self.gate.acquire()
         self.outcome = 0
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 @final
@@ -212,9 +161,6 @@ class FileStorage(Storage):
         self._synced = 0
         self._failed: BaseException | None = None
         self._closed = False
-        self._names: dict[bytes, str] = {}
-        self._snap_queue: QueueIndex | None = None
-        self._snap_count = 0
         self.replayed_records = 0
         self.compactions = 0
         self._lock_fd = self._take_lock()
@@ -269,40 +215,13 @@ class FileStorage(Storage):
         return os.path.join(self.path, _log.segment_name(number))
 
     def _load(self) -> None:
-        segments: list[int] = []
-        for name in os.listdir(self.path):
-            stem, dot, suffix = name.partition(".")
-            if "." + suffix == _log.TEMP_SUFFIX and len(stem) == 16:
-                log.info("mqlite: removing %s, left over from a compaction that did not finish", name)
-                os.unlink(os.path.join(self.path, name))
-            elif dot and "." + suffix == _log.SUFFIX and len(stem) == 16:
-                try:
-                    segments.append(int(stem, 16))
-                except ValueError:
-                    continue
-        segments.sort()
-        base = self._find_base(segments)
-        if base is not None and base != segments[0]:
-            for number in segments[: segments.index(base)]:
-                log.info("mqlite: removing %s, replaced by the snapshot in %s", self._file(number), self._file(base))
-                os.unlink(self._file(number))
-            segments = segments[segments.index(base) :]
-            self._fsync_dir()
-        if segments and base is None and segments[0] != 1 and not self.salvage:
-            raise CorruptStorage(
-                f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1 nor a "
-                "snapshot segment is there; open with salvage=True to load what is left"
-            )
-        for before, after in itertools.pairwise(segments):
-            if after != before + 1 and not self.salvage:
-                raise CorruptStorage(
-                    f"{self.path}: segment {_log.segment_name(before + 1)} is missing between "
-                    f"{_log.segment_name(before)} and {_log.segment_name(after)}"
-                )
-        last_kind = 0
-        with _collector_paused():
-            for position, number in enumerate(segments):
-                last_kind = self._replay(number, newest=position == len(segments) - 1, last_kind=last_kind)
+        """Replay the log (see :class:`~mqlite.storage._replay.Replayer`), then open its newest
+        segment for appending (or start segment 1), end the leases of a process that did not
+        close, and give space back if the log is mostly dead."""
+        replayer = Replayer(self.path, salvage=self.salvage)
+        segments, last_kind = replayer.run()
+        self._index = replayer.index
+        self.replayed_records = replayer.replayed_records
         if segments:
             self._segment = segments[-1]
             self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
@@ -315,7 +234,7 @@ class FileStorage(Storage):
             self._seg_bytes = _log.HEADER_SIZE
         if last_kind not in (0, _log.CLOSE):
             # The process stopped without close(): leases it handed out end now.
-            self._expire_leases()
+            expire_leases(self._index)
             end = self._append(_log.RECOVER, b"")
             self._commit(end)
         if not self.salvage and self._mostly_dead():
@@ -325,397 +244,6 @@ class FileStorage(Storage):
                 self._compact_locked()
             except OSError as exc:
                 raise StorageError(f"{self.path}: compaction after replay failed: {exc}") from exc
-
-    def _find_base(self, segments: list[int]) -> int | None:
-        """The newest segment that starts with a snapshot: the log begins there."""
-        for number in reversed(segments):
-            with open(self._file(number), "rb") as stream:
-                head = stream.read(_log.HEADER_SIZE + _log.FRAME_SIZE)
-            if len(head) == _log.HEADER_SIZE + _log.FRAME_SIZE and head[-1] == _log.SNAP_BEGIN:
-                return number
-        return None
-
-    def _replay(self, number: int, *, newest: bool, last_kind: int) -> int:
-        path = self._file(number)
-        with open(path, "rb") as stream:
-            data = stream.read()
-        try:
-            found = _log.check_header(data)
-            if found != number:
-                raise ValueError(f"its header says segment {found}")
-        except ValueError as exc:
-            if newest and len(data) < _log.HEADER_SIZE:
-                log.warning("mqlite: %s: incomplete file header (a crash while creating it); rewriting it", path)
-                with open(path, "wb") as stream:
-                    stream.write(_log.file_header(number))
-                    stream.flush()
-                    os.fdatasync(stream.fileno())
-                return last_kind
-            if self.salvage:
-                log.error("mqlite: %s: skipping the whole segment: %s", path, exc)
-                return last_kind
-            raise CorruptStorage(f"{path}: bad file header at offset 0: {exc}") from None
-        start = _log.HEADER_SIZE
-        while True:
-            stopped, last_kind = self._replay_records(data, start, path, last_kind)
-            if stopped is None:
-                return last_kind
-            tail = data[stopped.offset :]
-            if newest and (stopped.runs_past_end or not tail.strip(b"\0")):
-                log.warning(
-                    "mqlite: %s: cutting off a torn tail of %d bytes at offset %d (%s)",
-                    path,
-                    len(tail),
-                    stopped.offset,
-                    stopped.why,
-                )
-                os.truncate(path, stopped.offset)
-                return last_kind
-            if not self.salvage:
-                raise CorruptStorage(
-                    f"{path}: corrupt record at offset {stopped.offset}: {stopped.why}; "
-                    "open with salvage=True to skip it and keep the rest"
-                )
-            resumed = _log.resync(data, stopped.offset)
-            log.error(
-                "mqlite: %s: skipping corrupt bytes %d..%d (%s)",
-                path,
-                stopped.offset,
-                len(data) if resumed is None else resumed,
-                stopped.why,
-            )
-            if resumed is None:
-                if newest:
-                    os.truncate(path, stopped.offset)
-                return last_kind
-            start = resumed
-
-    # -- replay ------------------------------------------------------------------------------
-
-    def _replay_records(self, data: bytes, start: int, path: str, last_kind: int) -> tuple[_log.Bad | None, int]:
-        """Apply the records of segment ``data`` from offset ``start``; return where a bad record
-        stopped the scan (None at the end of the data) and the type of the last record applied.
-
-        Every record's checksum is verified before it is applied. Most records go through
-        :meth:`_apply`. A *run* of plain puts into one queue (one message each, without group,
-        dedup key, headers or delay, into a queue with no dedup window entries and nothing due),
-        the bulk of a log written by producers, is inserted by the loop itself: one
-        ``unpack_from`` reads the frame, the put head, the queue name and the envelope of such a
-        record, and the entry goes straight into the queue's eligible heap, as ``Index.put``
-        would put it. The run state (queue, due time, eligible heap) is checked once, when the
-        run starts after a record that went through :meth:`_apply`; plain puts change none of it.
-        """
-        view = memoryview(data)
-        size = len(data)
-        pos = start
-        frame_unpack = _log.FRAME.unpack_from
-        frame_size = _log.FRAME_SIZE
-        crc32 = zlib.crc32
-        types = _log.TYPES
-        apply = self._apply
-        heappush = heapq.heappush
-        put_kind = _log.PUT
-        replayed = 0
-        index = self._index
-        last_id = index.last_id
-        # The current run of plain puts; run_unpack is None outside a run.
-        run_unpack: Callable[[bytes, int], tuple[Any, ...]] | None = None
-        run_size = run_fixed = run_name_size = 0
-        run_name = b""
-        run_due = 0.0
-        run_queue: QueueIndex | None = None
-        run_entries: dict[int, Entry] = {}
-        run_eligible: dict[int, list[int]] = {}
-        run_priority = _NO_PRIORITY
-        run_heap: list[int] = []
-        try:
-            while pos < size:
-                if run_unpack is not None and pos + run_size <= size:
-                    crc, length, kind, now, mid, count, name_size, name, priority, flags, delay, body_size = (
-                        run_unpack(data, pos)
-                    )
-                    end = pos + frame_size + length
-                    if (
-                        kind == put_kind
-                        and count == 1
-                        and name_size == run_name_size
-                        and name == run_name
-                        and not flags
-                        and delay <= 0.0
-                        and body_size == length - run_fixed
-                        and mid > last_id
-                        and now < run_due
-                        and end <= size
-                        and crc32(view[pos + 4 : end]) == crc
-                    ):
-                        if priority != run_priority:
-                            heap = run_eligible.get(priority)
-                            if heap is not None:
-                                run_priority, run_heap = priority, heap
-                        if priority == run_priority:
-                            run_entries[mid] = Entry(
-                                data[end - body_size : end],
-                                priority,
-                                None,
-                                _NO_HEADERS,
-                                now,
-                                READY,
-                                now,
-                            )
-                            heappush(run_heap, mid)
-                            run_queue.n_ready += 1  # type: ignore[union-attr]
-                            last_id = index.last_id = mid
-                            replayed += 1
-                            last_kind = put_kind
-                            pos = end
-                            continue
-                        # a priority without an eligible heap yet: _apply creates it
-                # any other record: the general path
-                if pos + frame_size > size:
-                    return _log.Bad(pos, "incomplete record header", True), last_kind
-                crc, length, kind = frame_unpack(data, pos)
-                end = pos + frame_size + length
-                if end > size:
-                    return _log.Bad(pos, f"record of {length} bytes runs past the end of the file", True), last_kind
-                if crc32(view[pos + 4 : end]) != crc:
-                    return _log.Bad(pos, "checksum mismatch", end == size), last_kind
-                if kind not in types:
-                    return _log.Bad(pos, f"unknown record type {kind}", end == size), last_kind
-                run_unpack = None
-                try:
-                    if kind != put_kind or not self._put_batch(data, pos + frame_size, end):
-                        apply(kind, view[pos + frame_size : end])
-                except _Diverged as exc:
-                    if not self.salvage:
-                        raise CorruptStorage(
-                            f"{path}: {_log.NAMES[kind]} record at offset {pos}: replay diverged: {exc}"
-                        ) from None
-                    log.error(
-                        "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], pos, exc
-                    )
-                except (ValueError, KeyError, IndexError, TypeError, struct.error, _log.CorruptRecord) as exc:
-                    if not self.salvage:
-                        raise CorruptStorage(
-                            f"{path}: {_log.NAMES[kind]} record at offset {pos} does not decode: {exc!r}"
-                        ) from None
-                    log.error("mqlite: %s: skipping %s record at offset %d: %r", path, _log.NAMES[kind], pos, exc)
-                    index = self._index
-                    last_id = index.last_id
-                    pos = end
-                    continue
-                last_kind = kind
-                replayed += 1
-                index = self._index
-                last_id = index.last_id
-                if kind == put_kind:
-                    run = self._put_run(view[pos + frame_size : end])
-                    if run is not None:
-                        run_queue, run_name, run_due = run
-                        run_name_size = len(run_name)
-                        run_struct = _run_struct(run_name_size)
-                        run_unpack, run_size = run_struct.unpack_from, run_struct.size
-                        run_fixed = run_size - frame_size  # the payload bytes before the body
-                        run_entries, run_eligible = run_queue.entries, run_queue.eligible
-                        run_priority, run_heap = _NO_PRIORITY, []
-                pos = end
-            return None, last_kind
-        finally:
-            self.replayed_records += replayed
-
-    def _put_batch(self, data: bytes, start: int, end: int) -> bool:
-        """Apply the PUT record ``data[start:end]`` if it is a batch of plain messages (several
-        envelopes, none with a group, dedup key, headers or delay) into a known queue with no
-        dedup entries and nothing due: build the entries straight from the bytes, without
-        ``Envelope`` objects, as ``Index.put`` would. Return False, having changed nothing, for
-        any other record (``_apply`` takes it)."""
-        if end - start < _PUT_FAST.size:
-            return False
-        now, first_id, count, name_size = _PUT_FAST.unpack_from(data, start)
-        index = self._index
-        pos = start + _PUT_FAST.size + name_size
-        if count < 2 or first_id <= index.last_id or pos > end:
-            return False
-        name = data[start + _PUT_FAST.size : pos]
-        queue = self._names.get(name)
-        if queue is None:
-            queue = self._names[name] = name.decode("utf-8", "surrogatepass")
-        target = index.queues.get(queue)
-        if (
-            target is None
-            or target.dedup
-            or (target.delayed and target.delayed[0][0] <= now)
-            or (target.in_flight and target.in_flight[0][0] <= now)
-        ):
-            return False
-        unpack = _log.ENVELOPE.unpack_from
-        head = _log.ENVELOPE.size
-        bodies: list[bytes] = []
-        append = bodies.append
-        priorities: set[int] = set()
-        for _ in range(count):
-            if pos + head > end:
-                return False
-            priority, flags, delay, body_size = unpack(data, pos)
-            if flags or not delay <= 0.0:
-                return False
-            pos += head
-            append(data[pos : pos + body_size])
-            pos += body_size
-            priorities.add(priority)
-        if pos != end or len(priorities) != 1:
-            return False  # stray bytes (the general decoder reports them), or mixed priorities
-        (priority,) = priorities
-        entries = target.entries
-        mid = first_id
-        for body in bodies:
-            entries[mid] = Entry(body, priority, None, _NO_HEADERS, now, READY, now)
-            mid += 1
-        target.n_ready += count
-        index.last_id = mid - 1
-        heap = target.eligible.get(priority)
-        if heap is None:
-            heap = target.eligible[priority] = []
-            target.levels.append(priority)
-            target.levels.sort(reverse=True)
-        # Every id in any heap is at most the old last_id, below first_id: appended in order,
-        # the new ids keep the heap a heap (this is what pushing them one by one gives).
-        heap.extend(range(first_id, mid))
-        return True
-
-    def _put_run(self, payload: memoryview) -> tuple[QueueIndex, bytes, float] | None:
-        """After a PUT record was applied: its queue, the queue name's bytes and the time from
-        which something in the queue is due, if plain puts into that queue can follow as a run
-        (the queue has no dedup entries to expire); else None."""
-        (name_size,) = _U32.unpack_from(payload, _log.PUT_HEAD.size)
-        start = _log.PUT_HEAD.size + 4
-        name = payload[start : start + name_size].tobytes()
-        queue = self._names.get(name)
-        if queue is None:
-            queue = self._names[name] = name.decode("utf-8", "surrogatepass")
-        target = self._index.queues.get(queue)
-        if target is None or target.dedup:
-            return None
-        due = _NEVER
-        if target.delayed:
-            due = target.delayed[0][0]
-        if target.in_flight:
-            due = min(due, target.in_flight[0][0])
-        return target, name, due
-
-    def _apply(self, kind: int, buf: memoryview) -> None:
-        """Apply one record to the index, as the call that wrote it did."""
-        index = self._index
-        data = buf
-        if kind == _log.PUT:
-            now, first_id, count, name_size = _PUT_FAST.unpack_from(data, 0)
-            if count == 1 and first_id > index.last_id:
-                pos = _PUT_FAST.size + name_size
-                priority, flags, delay, body_size = _log.ENVELOPE.unpack_from(data, pos)
-                pos += _log.ENVELOPE.size
-                if not flags and delay <= 0.0 and pos + body_size == len(data):
-                    # The common put (one plain message, nothing due in its queue): insert it as
-                    # Index.put would (a ready entry in its priority's eligible heap), without
-                    # building an Envelope. The conformance machine's reopen rule checks this.
-                    name = data[_PUT_FAST.size : _PUT_FAST.size + name_size].tobytes()
-                    queue = self._names.get(name)
-                    if queue is None:
-                        queue = self._names[name] = name.decode("utf-8", "surrogatepass")
-                    target = index.queues.get(queue)
-                    if (
-                        target is not None
-                        and not target.dedup
-                        and not (target.delayed and target.delayed[0][0] <= now)
-                        and not (target.in_flight and target.in_flight[0][0] <= now)
-                    ):
-                        index.last_id = first_id
-                        entry = Entry(data[pos:].tobytes(), priority, None, _NO_HEADERS, now, READY, now)
-                        heap = target.eligible.get(priority)
-                        if heap is None:
-                            target.adopt(first_id, entry, _NO_HEADERS, 0)
-                        else:  # what adopt does for a ready message without a group, inlined
-                            target.entries[first_id] = entry
-                            target.n_ready += 1
-                            heapq.heappush(heap, first_id)
-                        return
-            put = _log.decode_put(data)
-            if put.first_id:
-                if put.first_id <= index.last_id:
-                    raise _Diverged(f"id {put.first_id} was already given")
-                index.last_id = put.first_id - 1
-            before = index.last_id
-            index.put(put.queue, put.envelopes, put.now, 0)
-            if bool(put.first_id) != (index.last_id > before):
-                raise _Diverged("the put stored another number of messages")
-        elif kind == _log.LEASE:
-            lease = _log.decode_lease(data)
-            if lease.ids:
-                index.last_token = lease.first_token - 1
-            taken = index.lease(lease.queue, lease.n, lease.now, lease.lease)
-            if tuple(m.id for m in taken) != lease.ids:
-                raise _Diverged(f"leased {[m.id for m in taken]}, recorded {list(lease.ids)}")
-        elif kind in (_log.ACK, _log.NACK, _log.RELEASE, _log.REJECT, _log.EXTEND):
-            settle = _log.decode_settle(data)
-            if kind == _log.ACK:
-                index.ack(settle.queue, settle.handles, settle.now)
-            elif kind == _log.NACK:
-                delay, error = _log.decode_nack_extra(data, settle.rest)
-                index.nack(settle.queue, settle.handles, settle.now, delay, error)
-            elif kind == _log.RELEASE:
-                index.release(settle.queue, settle.handles, settle.now)
-            elif kind == _log.REJECT:
-                reason, _ = _log.unpack_opt(data, settle.rest)
-                index.reject(settle.queue, settle.handles, settle.now, reason)
-            else:
-                index.extend(settle.queue, settle.handles, settle.now, _log.decode_float(data, settle.rest))
-        elif kind == _log.TICK:
-            now, queue = _log.decode_tick(data)
-            index.touch(queue, now)
-        elif kind == _log.SPEC:
-            spec, _ = _log.decode_spec(data)
-            index.open_queue(spec)
-        elif kind == _log.REDRIVE:
-            now, max_messages, moved, queue = _log.decode_redrive(data)
-            if index.redrive(queue, now, max_messages) != moved:
-                raise _Diverged(f"redrive moved another number of messages than {moved}")
-        elif kind == _log.PURGE:
-            now, removed, queue = _log.decode_purge(data)
-            if index.purge(queue, now) != removed:
-                raise _Diverged(f"purge removed another number of messages than {removed}")
-        elif kind == _log.RECOVER:
-            self._expire_leases()
-        elif kind == _log.SNAP_BEGIN:
-            last_id, last_token, _queues = _log.decode_snap_begin(data)
-            self._index = Index()
-            self._index.last_id, self._index.last_token = last_id, last_token
-            self._snap_queue = None
-            self._snap_count = 0
-        elif kind == _log.SNAP_QUEUE:
-            snap = _log.decode_snap_queue(data)
-            target = self._index.queue(snap.spec.name)
-            target.spec = snap.spec
-            target.dead_by_source = dict(snap.dead_by_source)
-            for key, mid, first_at in snap.dedup:
-                target.dedup[key] = (mid, first_at)
-                target.dedup_order.append((first_at, key))
-            self._snap_queue = target
-        elif kind == _log.SNAP_MSG:
-            if self._snap_queue is None:
-                raise _log.CorruptRecord("a snapshot message outside a snapshot queue")
-            self._snap_count += _restore(self._snap_queue, _log.decode_snap_msgs(data))
-        elif kind == _log.SNAP_END:
-            messages, _queues = _log.decode_snap_end(data)
-            if messages != self._snap_count:
-                raise _Diverged(f"the snapshot holds {self._snap_count} messages, not {messages}")
-            self._snap_queue = None
-        # CLOSE: nothing to apply; it only says the log ended cleanly.
-
-    def _expire_leases(self) -> None:
-        """End every running lease now: the next call on each queue fails those attempts."""
-        for queue in self._index.queues.values():
-            for mid, entry in queue.entries.items():
-                if entry.state == IN_FLIGHT:
-                    entry.deadline = _EXPIRED
-                    heapq.heappush(queue.in_flight, (_EXPIRED, mid, entry.token))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -736,7 +264,7 @@ class FileStorage(Storage):
         """Append one record (the caller holds ``_lock``); return the log position after it."""
         data = _log.frame(kind, payload)
         try:
-            _write_all(self._fd, data)
+            _log.write_all(self._fd, data)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._seg_bytes)
@@ -870,19 +398,12 @@ class FileStorage(Storage):
                 self._synced = self._written
                 self._release_covered()
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def _create_segment(self, number: int) -> int:
         fd = os.open(self._file(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        _write_all(fd, _log.file_header(number))
+        _log.write_all(fd, _log.file_header(number))
         if self._full:
             os.fdatasync(fd)
-            self._fsync_dir()
+            _log.sync_directory(self.path)
         return fd
 
     def _roll(self) -> None:
@@ -986,11 +507,11 @@ class FileStorage(Storage):
                 buffered += len(chunk)
                 if buffered >= _WRITE_CHUNK:
                     data = b"".join(chunks)
-                    _write_all(fd, data)
+                    _log.write_all(fd, data)
                     size += len(data)
                     chunks, buffered = [], 0
             data = b"".join(chunks)
-            _write_all(fd, data)
+            _log.write_all(fd, data)
             size += len(data)
             os.fdatasync(fd)
         except BaseException:
@@ -1000,7 +521,7 @@ class FileStorage(Storage):
             raise
         os.close(fd)
         os.rename(temp_path, final_path)
-        self._fsync_dir()
+        _log.sync_directory(self.path)
         fd = os.open(final_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         old = sorted(self._sizes)
         self._written += size
@@ -1012,7 +533,7 @@ class FileStorage(Storage):
         for gone in old:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._file(gone))
-        self._fsync_dir()
+        _log.sync_directory(self.path)
         self.compactions += 1
 
     def _snapshot_records(self) -> Iterator[bytes]:
@@ -1251,66 +772,6 @@ class FileStorage(Storage):
                 with self._sync_mutex:
                     self._wait_idle()
                     self._release_files()
-
-
-def _restore(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:
-    """Put snapshot messages back into ``queue`` in the state they were in (they come in id order).
-
-    A ready message without a group goes straight into ``entries`` and its priority's eligible
-    heap (ids arrive in increasing order, so appending keeps the heap a heap). Any other message
-    goes through ``adopt``, which does the group bookkeeping, and then leaves ready for its state
-    (delayed or in flight) as the index itself would move it.
-    """
-    entries = queue.entries
-    eligible = queue.eligible
-    fresh: dict[int, list[int]] = {}
-    last_priority: int | None = None
-    heap: list[int] = []
-    n_ready = 0
-    count = 0
-    for mid, state, deadline, enqueued_at, attempts, token, priority, group, headers, body in messages:
-        count += 1
-        if state == READY and group is None:
-            entry = Entry(body, priority, None, headers or _NO_HEADERS, enqueued_at, READY, 0.0, attempts, token)
-            entries[mid] = entry
-            n_ready += 1
-            if priority != last_priority:
-                found = eligible.get(priority)
-                if found is None:
-                    found = eligible[priority] = []
-                    queue.levels.append(priority)
-                    queue.levels.sort(reverse=True)
-                heap, last_priority = found, priority
-            if heap and heap[-1] > mid:
-                fresh[priority] = heap
-            heap.append(mid)
-            continue
-        queue.n_ready += n_ready
-        n_ready = 0
-        last_priority = None
-        headers = headers or _NO_HEADERS
-        old = Entry(body, priority, group, headers, enqueued_at, READY, enqueued_at)
-        queue.adopt(mid, old, headers, attempts)
-        entry = entries[mid]
-        if state == DELAYED:
-            entry.state = DELAYED
-            entry.deadline = deadline
-            queue.n_ready -= 1
-            queue.n_delayed += 1
-            heapq.heappush(queue.delayed, (deadline, mid))
-        elif state == IN_FLIGHT:
-            entry.state = IN_FLIGHT
-            entry.deadline = deadline
-            queue.n_ready -= 1
-            queue.n_in_flight += 1
-            heapq.heappush(queue.in_flight, (deadline, mid, token))
-            if group is not None:
-                queue.groups[group].busy = mid
-        entry.token = token  # a lease that ended keeps its token (late ack, reject) until the next delivery
-    queue.n_ready += n_ready
-    for unordered in fresh.values():
-        heapq.heapify(unordered)  # appended ids met ids that adopt pushed: restore the heap order
-    return count
 
 
 def from_url(rest: str) -> FileStorage:
