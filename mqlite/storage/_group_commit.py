@@ -1,0 +1,198 @@
+"""Group commit for :class:`~mqlite.storage.file.FileStorage`: one ``fdatasync`` for many callers.
+
+With durability "full", a call that changed the state returns only once its record is on disk.
+An ``fdatasync`` costs a millisecond or more, so concurrent callers share one: the first to
+need a sync leads it and syncs everything appended so far, the others wait on private locks
+and are woken as soon as a sync covers their record. This module holds that protocol as the
+:class:`GroupCommit` mixin, so that its state stays on the storage (the storage's lock order,
+its file descriptor and its failure state are shared with the writing side in ``file.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Final
+
+from .._errors import StorageError
+
+__all__ = ["GroupCommit"]
+
+_MAX_GATHER: Final = 0.005  # seconds: the longest a sync waits for callers about to append
+
+
+class _Gather:
+    """``with storage._gather:`` around the part of a synced call that appends its record: counts
+    the caller in ``_pending`` until it has appended (or given up), so that a sync about to start
+    waits for its record (see :meth:`GroupCommit._commit`). Does nothing with durability "normal"."""
+
+    __slots__ = ("storage",)
+
+    def __init__(self, storage: GroupCommit) -> None:
+        self.storage = storage
+
+    def __enter__(self) -> None:
+        storage = self.storage
+        if storage._full:
+            with storage._sync_mutex:
+                storage._pending += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        storage = self.storage
+        if storage._full:
+            with storage._sync_mutex:
+                storage._pending -= 1
+                gate = storage._gatherer
+                if gate is not None and not storage._pending:
+                    storage._gatherer = None
+                    gate.release()
+
+
+_COVERED: Final = 1
+_RETRY: Final = 2
+_FAILED: Final = 3
+
+
+class _Waiter:
+    """A caller waiting for a sync past ``end``: blocked on its own ``gate`` until a leader sets
+    ``outcome`` (covered by a sync, to try again, or the sync failed) and releases it."""
+
+    __slots__ = ("end", "gate", "outcome")
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.outcome = 0
+
+
+class GroupCommit:
+    """Mixin: make appended records durable with as few ``fdatasync`` calls as the callers allow.
+
+    The class that mixes it in provides ``path``, ``_full`` (durability "full"), ``_fd`` (the
+    file appended to), ``_written`` (the log position after the last append) and ``_failed``
+    (the error that made the storage unusable, or None), calls :meth:`_init_group_commit` in
+    its constructor, wraps the part of a synced call that appends in ``with self._gather:`` and
+    calls :meth:`_commit` with the position after its record once it released its own lock.
+    """
+
+    path: str
+    _full: bool
+    _fd: int
+    _written: int
+    _failed: BaseException | None
+
+    def _init_group_commit(self) -> None:
+        """Set up the group-commit state (nothing synced, no sync running)."""
+        self._sync_mutex = threading.Lock()  # guards the group-commit state below
+        self._sync_idle = threading.Condition(self._sync_mutex)  # notified when _syncing becomes False
+        self._syncing = False  # a leader is gathering or syncing; callers that need a sync wait for it
+        self._waiters: list[_Waiter] = []
+        self._pending = 0  # callers inside a synced call that have not appended yet (durability "full")
+        self._gatherer: threading.Lock | None = None  # released when _pending drops to 0
+        self._sync_seconds = 0.001  # how long the last fdatasync took: the most a sync waits for appends
+        self._gather = _Gather(self)
+        self._synced = 0  # the log position up to which the log is known to be on disk
+
+    def _commit(self, end: int) -> None:
+        """With durability "full", return once the log is on disk up to ``end``.
+
+        Group commit. The first caller to find no sync running becomes the *leader*; callers
+        arriving while a sync runs queue a private lock in ``_waiters`` and block on it (no
+        shared lock to take again when they wake). Before it syncs, the leader waits until the
+        callers already inside a synced call (``_pending``: between entering the call and
+        appending its record) have appended, for at most as long as the last sync took, so their
+        records share this sync instead of paying for the next one. It then syncs everything
+        appended so far with ``_sync_mutex`` released (appends go on meanwhile) and wakes every
+        waiter the sync covered (:meth:`_release_covered`). If some were not covered, one of
+        them is woken to try again: whichever thread reaches ``_commit`` first leads the next
+        sync, often a caller that is already running, so no thread wake-up sits between syncs.
+        """
+        if not self._full:
+            return
+        mutex = self._sync_mutex
+        while True:
+            with mutex:
+                if self._synced >= end:
+                    return
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                waiter = _Waiter(end)
+                self._waiters.append(waiter)
+            waiter.gate.acquire()  # released once a sync covered us, it failed, or to try again
+            if waiter.outcome == _COVERED:
+                return
+            if waiter.outcome == _FAILED:
+                raise StorageError(f"{self!r} could not make the record durable") from self._failed
+        self._lead()
+
+    def _lead(self) -> None:
+        """Run one sync as the leader (``_syncing`` is set and this thread owns it)."""
+        mutex = self._sync_mutex
+        mutex.acquire()
+        try:
+            if self._pending and self._failed is None:
+                gate = threading.Lock()
+                gate.acquire()
+                self._gatherer = gate
+                mutex.release()
+                try:
+                    gate.acquire(timeout=self._sync_seconds)
+                finally:
+                    mutex.acquire()
+                    self._gatherer = None
+            fd, upto = self._fd, self._written
+            error: StorageError | None = None
+            if self._failed is not None or fd < 0:
+                error = StorageError(f"{self!r} could not make the record durable")
+            else:
+                mutex.release()
+                try:
+                    started = time.monotonic()
+                    os.fdatasync(fd)
+                    self._sync_seconds = min(time.monotonic() - started, _MAX_GATHER)
+                except OSError as exc:
+                    self._failed = exc
+                    error = StorageError(f"{self.path}: fdatasync failed: {exc}; the storage must be reopened")
+                finally:
+                    mutex.acquire()
+            if error is not None:
+                for waiter in self._waiters:
+                    waiter.outcome = _FAILED
+                    waiter.gate.release()
+                self._waiters = []
+                self._syncing = False
+                self._sync_idle.notify_all()
+                raise error from self._failed
+            self._synced = max(self._synced, upto)
+            self._syncing = False
+            self._release_covered()
+        finally:
+            mutex.release()
+
+    def _release_covered(self) -> None:
+        """With ``_sync_mutex`` held and no sync running: wake the waiters that ``_synced``
+        covers, and one of the others (if any) to lead the next sync or wait again."""
+        waiters = self._waiters
+        if waiters:
+            synced = self._synced
+            rest: list[_Waiter] = []
+            for waiter in waiters:
+                if waiter.end <= synced:
+                    waiter.outcome = _COVERED
+                    waiter.gate.release()
+                else:
+                    rest.append(waiter)
+            if rest:
+                retry = rest.pop(0)
+                retry.outcome = _RETRY
+                retry.gate.release()
+            self._waiters = rest
+        self._sync_idle.notify_all()
+
+    def _wait_idle(self) -> None:
+        """With ``_sync_mutex`` held: wait until no leader is gathering or syncing."""
+        while self._syncing:
+            self._sync_idle.wait()
