@@ -7,7 +7,8 @@ apart from the storage's writing side: finding the segments and where the log be
 newest snapshot), removing what a compaction left behind, verifying every record's checksum,
 cutting a torn tail off the newest segment, skipping corrupt records with ``salvage=True``, and
 the fast paths that make a log of a million puts replay in well under a second (runs of plain
-puts, batches of plain puts, snapshot messages restored in bulk). See ``docs/file-format.md``.
+puts, batches of plain puts; snapshot messages are restored in bulk by
+:mod:`~mqlite.storage._snapshot`). See ``docs/file-format.md``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, final
 
 from .._errors import CorruptStorage
 from . import _log
-from ._index import DELAYED, IN_FLIGHT, READY, Entry, Index, QueueIndex
+from ._index import IN_FLIGHT, READY, Entry, Index, QueueIndex
+from ._snapshot import restore_messages
 
 __all__ = ["Replayer", "expire_leases"]
 
@@ -523,7 +525,7 @@ class Replayer:
         elif kind == _log.SNAP_MSG:
             if self._snap_queue is None:
                 raise _log.CorruptRecord("a snapshot message outside a snapshot queue")
-            self._snap_count += _restore(self._snap_queue, _log.decode_snap_msgs(data))
+            self._snap_count += restore_messages(self._snap_queue, _log.decode_snap_msgs(data))
         elif kind == _log.SNAP_END:
             messages, _queues = _log.decode_snap_end(data)
             if messages != self._snap_count:
@@ -542,63 +544,3 @@ def expire_leases(index: Index) -> None:
             if entry.state == IN_FLIGHT:
                 entry.deadline = _EXPIRED
                 heapq.heappush(queue.in_flight, (_EXPIRED, mid, entry.token))
-
-
-def _restore(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:
-    """Put snapshot messages back into ``queue`` in the state they were in (they come in id order).
-
-    A ready message without a group goes straight into ``entries`` and its priority's eligible
-    heap (ids arrive in increasing order, so appending keeps the heap a heap). Any other message
-    goes through ``adopt``, which does the group bookkeeping, and then leaves ready for its state
-    (delayed or in flight) as the index itself would move it.
-    """
-    entries = queue.entries
-    eligible = queue.eligible
-    fresh: dict[int, list[int]] = {}
-    last_priority: int | None = None
-    heap: list[int] = []
-    n_ready = 0
-    count = 0
-    for mid, state, deadline, enqueued_at, attempts, token, priority, group, headers, body in messages:
-        count += 1
-        if state == READY and group is None:
-            entry = Entry(body, priority, None, headers or _NO_HEADERS, enqueued_at, READY, 0.0, attempts, token)
-            entries[mid] = entry
-            n_ready += 1
-            if priority != last_priority:
-                found = eligible.get(priority)
-                if found is None:
-                    found = eligible[priority] = []
-                    queue.levels.append(priority)
-                    queue.levels.sort(reverse=True)
-                heap, last_priority = found, priority
-            if heap and heap[-1] > mid:
-                fresh[priority] = heap
-            heap.append(mid)
-            continue
-        queue.n_ready += n_ready
-        n_ready = 0
-        last_priority = None
-        headers = headers or _NO_HEADERS
-        old = Entry(body, priority, group, headers, enqueued_at, READY, enqueued_at)
-        queue.adopt(mid, old, headers, attempts)
-        entry = entries[mid]
-        if state == DELAYED:
-            entry.state = DELAYED
-            entry.deadline = deadline
-            queue.n_ready -= 1
-            queue.n_delayed += 1
-            heapq.heappush(queue.delayed, (deadline, mid))
-        elif state == IN_FLIGHT:
-            entry.state = IN_FLIGHT
-            entry.deadline = deadline
-            queue.n_ready -= 1
-            queue.n_in_flight += 1
-            heapq.heappush(queue.in_flight, (deadline, mid, token))
-            if group is not None:
-                queue.groups[group].busy = mid
-        entry.token = token  # a lease that ended keeps its token (late ack, reject) until the next delivery
-    queue.n_ready += n_ready
-    for unordered in fresh.values():
-        heapq.heapify(unordered)  # appended ids met ids that adopt pushed: restore the heap order
-    return count

@@ -8,7 +8,8 @@ for the format and ``docs/storages.md`` for the promises.
 
 This module holds the storage's public surface and its writing side (appending records, rolling
 segments, compaction). The record format is in :mod:`~mqlite.storage._log`; rebuilding the index
-from the log at open is in :mod:`~mqlite.storage._replay`; sharing one ``fdatasync`` among
+from the log at open is in :mod:`~mqlite.storage._replay`; what a snapshot holds (and the
+estimate of its size) is in :mod:`~mqlite.storage._snapshot`; sharing one ``fdatasync`` among
 concurrent callers (group commit) is in :mod:`~mqlite.storage._group_commit`.
 """
 
@@ -17,10 +18,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import operator
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Literal, final
 
 from .. import _validate
@@ -29,16 +29,14 @@ from . import _log
 from ._group_commit import GroupCommit
 from ._index import Index
 from ._replay import Replayer, expire_leases
+from ._snapshot import snapshot_records, snapshot_size
 from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
 
 MiB: Final = 1 << 20
 LOCK_NAME: Final = "LOCK"
-_ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
 _WRITE_CHUNK: Final = 1 << 20
-_BODY: Final = operator.attrgetter("body")
-_META: Final = operator.attrgetter("meta")
 _IDLE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() and open leave the log as it is
 _NO_GATHER: Final = contextlib.nullcontext()
 _SYNCED_KINDS: Final = frozenset((_log.PUT, _log.ACK, _log.NACK, _log.REJECT, _log.REDRIVE, _log.PURGE, _log.SPEC))
@@ -124,6 +122,8 @@ class FileStorage(Storage, GroupCommit):
     # -- opening -----------------------------------------------------------------------------
 
     def _take_lock(self) -> int:
+        """Create the directory if needed and ``flock`` its lock file (writing our pid into it, for
+        the error a second opener gets); return the lock file's descriptor."""
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -151,6 +151,7 @@ class FileStorage(Storage, GroupCommit):
         return fd
 
     def _release_files(self) -> None:
+        """Close the segment being appended to and the lock file (which drops the lock)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -159,6 +160,7 @@ class FileStorage(Storage, GroupCommit):
             self._lock_fd = -1
 
     def _file(self, number: int) -> str:
+        """The path of segment ``number``."""
         return os.path.join(self.path, _log.segment_name(number))
 
     def _load(self) -> None:
@@ -195,6 +197,7 @@ class FileStorage(Storage, GroupCommit):
     # -- writing -----------------------------------------------------------------------------
 
     def _usable(self) -> None:
+        """Raise :class:`~mqlite.StorageError` if the storage is closed or a write failed."""
         if self._closed:
             raise StorageError(f"{self!r} is closed")
         if self._failed is not None:
@@ -244,6 +247,8 @@ class FileStorage(Storage, GroupCommit):
                 self._release_covered()
 
     def _create_segment(self, number: int) -> int:
+        """Create segment ``number`` with its file header (synced, with its directory entry,
+        under durability "full"); return its descriptor, open for appending."""
         fd = os.open(self._file(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         _log.write_all(fd, _log.file_header(number))
         if self._full:
@@ -298,23 +303,9 @@ class FileStorage(Storage, GroupCommit):
     # -- compaction --------------------------------------------------------------------------
 
     def live_bytes(self) -> int:
-        """An estimate of the size of a snapshot of the current state, in bytes.
-
-        Runs at every compaction check (each quarter segment appended), so it avoids a Python
-        loop over plain messages: bodies are summed with ``map`` and only messages with a
-        priority, group or headers (``Entry.meta`` set) are visited one by one.
-        """
-        total = 0
-        for queue in self._index.queues.values():
-            total += 64 + 2 * len(queue.spec.name) + sum(24 + len(key) for key in queue.dedup)
-            entries = queue.entries.values()
-            total += _ENTRY_OVERHEAD * len(entries) + sum(map(len, map(_BODY, entries)))  # bodies are bytes
-            for _priority, group, headers in filter(None, map(_META, entries)):
-                if group is not None:
-                    total += len(group) + 4
-                if headers:
-                    total += 8 + sum(len(k) + len(v) + 6 for k, v in headers.items())
-        return total
+        """An estimate of the size of a snapshot of the current state, in bytes: what compaction
+        would write (see :func:`~mqlite.storage._snapshot.snapshot_size`)."""
+        return snapshot_size(self._index)
 
     def _mostly_dead(self) -> bool:
         """Whether the log holds at least as many dead bytes as live ones, and
@@ -339,6 +330,8 @@ class FileStorage(Storage, GroupCommit):
                 raise self._fail(exc, "compaction failed") from exc
 
     def _compact_locked(self) -> None:
+        """:meth:`compact` with the storage's lock held: write the snapshot as the next segment
+        through a temporary file, then append to it and delete the older segments."""
         number = self._segment + 1
         final_path = self._file(number)
         temp_path = final_path[: -len(_log.SUFFIX)] + _log.TEMP_SUFFIX
@@ -347,7 +340,7 @@ class FileStorage(Storage, GroupCommit):
         try:
             chunks: list[bytes] = [_log.file_header(number)]
             buffered = len(chunks[0])
-            for chunk in self._snapshot_records():
+            for chunk in snapshot_records(self._index):
                 chunks.append(chunk)
                 buffered += len(chunk)
                 if buffered >= _WRITE_CHUNK:
@@ -380,49 +373,6 @@ class FileStorage(Storage, GroupCommit):
                 os.unlink(self._file(gone))
         _log.sync_directory(self.path)
         self.compactions += 1
-
-    def _snapshot_records(self) -> Iterator[bytes]:
-        index = self._index
-        queues = [
-            queue
-            for queue in index.queues.values()
-            if queue.entries or queue.dedup or queue.dead_by_source or queue.spec != QueueSpec(queue.spec.name, None)
-        ]
-        frame = _log.frame
-        yield frame(_log.SNAP_BEGIN, _log.encode_snap_begin(index.last_id, index.last_token, len(queues)))
-        total = 0
-        for queue in queues:
-            dedup = sorted(((key, mid, first_at) for key, (mid, first_at) in queue.dedup.items()), key=lambda d: d[2])
-            yield frame(
-                _log.SNAP_QUEUE, _log.encode_snap_queue(queue.spec, queue.dead_by_source, dedup, len(queue.entries))
-            )
-            entries = queue.entries
-            batch: list[_log.SnapMsg] = []
-            for mid in sorted(entries):
-                e = entries[mid]
-                body = e.body
-                assert isinstance(body, bytes)
-                batch.append(
-                    _log.SnapMsg(
-                        mid,
-                        e.state,
-                        e.deadline,
-                        e.enqueued_at,
-                        e.attempts,
-                        e.token,
-                        e.priority,
-                        e.group,
-                        e.headers,
-                        body,
-                    )
-                )
-                if len(batch) >= _log.SNAP_BATCH:
-                    yield frame(_log.SNAP_MSG, _log.encode_snap_msgs(batch))
-                    batch = []
-            if batch:
-                yield frame(_log.SNAP_MSG, _log.encode_snap_msgs(batch))
-            total += len(entries)
-        yield frame(_log.SNAP_END, _log.encode_snap_end(total, len(queues)))
 
     # -- the Storage interface ---------------------------------------------------------------
 
