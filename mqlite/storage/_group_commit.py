@@ -49,9 +49,10 @@ class _Gather:
                     gate.release()
 
 
-_COVERED: Final = 1
-_RETRY: Final = 2
-_FAILED: Final = 3
+# What a leader tells a _Waiter it wakes (_Waiter.outcome):
+_COVERED: Final = 1  # a sync covered its record: return
+_RETRY: Final = 2  # not covered: try again (lead the next sync or wait for it)
+_FAILED: Final = 3  # the sync failed: raise
 
 
 class _Waiter:
