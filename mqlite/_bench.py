@@ -588,7 +588,7 @@ def _sqlite_workloads(settings: Settings) -> list[Workload]:
                     sq.w6_drain_mqlite(settings.batch, True),
                 ),
                 Impl(
-                    f"mqlite SQLite full storage lease({settings.batch}) + ack(batch)",
+                    f"mqlite SQLite full get_many({settings.batch}) + ack_many",
                     sq.w6_drain_mqlite(settings.batch, False),
                 ),
             ),

@@ -219,8 +219,8 @@ def w6_drain_persist_queue(n: int) -> Result:
 
 
 def w6_drain_mqlite(batch: int, per_message_ack: bool) -> Runner:
-    """Drain a prefilled queue with get_many(batch): acking each message through the front, or
-    settling each batch in one storage call (``storage.ack`` of all its handles)."""
+    """Drain a prefilled queue with get_many(batch): acking each message (one synced commit
+    each), or each batch with one ``Queue.ack_many`` (one synced commit per batch)."""
 
     def run(n: int) -> Result:
         sent = bodies(0, n)
@@ -235,11 +235,10 @@ def w6_drain_mqlite(batch: int, per_message_ack: bool) -> Runner:
                         got.append(msg.body)
                         msg.ack()
             else:
-                storage = q.storage
                 while len(got) < n:
-                    leased = storage.lease("bench", batch, time.time(), 300.0)
-                    storage.ack("bench", [(m.id, m.token) for m in leased], time.time())
-                    got.extend(m.body for m in leased)  # type: ignore[misc]
+                    messages = q.get_many(batch, timeout=10)
+                    q.ack_many(messages)
+                    got.extend(msg.body for msg in messages)
             elapsed = time.perf_counter() - began
             q.close()
             q.storage.close()
