@@ -517,16 +517,10 @@ class Queue(Generic[T]):
         """Async :meth:`put`: await room (at most ``timeout`` seconds) and put one message."""
         if (
             timeout is None
-            and group is None
-            and dedup_key is None
-            and headers is None
-            and (delay.__class__ is float or delay.__class__ is int)
-            and delay == 0
-            and priority.__class__ is int
-            and priority == 0
             and not self._closed
             and not self._storage.blocking_io
-        ):  # the fast path: default options (_defaults, inline) on a storage that never blocks, one attempt
+            and _defaults(delay, priority, group, dedup_key, headers)
+        ):  # the fast path: default options on a storage that never blocks, one attempt
             data = body if self._serializer is None else self._encode(body)
             envelopes: list[Envelope] = [_tuple_new(Envelope, (data, 0, None, None, None, 0.0))]
             now = time.monotonic()
