@@ -179,6 +179,31 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``offset`` (``os.pwrite`` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def padding_start(data: bytes) -> int:
+    """The offset where the zero bytes at the end of ``data`` begin (``len(data)`` if its last
+    byte is not zero): a segment's records end at or before it, the rest is preallocated space
+    (docs/file-format.md, "Padding"). Looks back 64 KiB at a time, so a file without padding
+    costs one small slice."""
+    end = len(data)
+    step = 1 << 16
+    while end > 0:
+        begin = max(end - step, 0)
+        kept = len(data[begin:end].rstrip(b"\0"))
+        if kept:
+            return begin + kept
+        end = begin
+    return 0
+
+
 def sync_directory(path: str) -> None:
     """``fsync`` the directory ``path``, so that files created, renamed or deleted in it stay so
     after a power loss (syncing a file does not sync its directory entry)."""
@@ -193,7 +218,9 @@ def sync_directory(path: str) -> None:
 
 
 class Bad(NamedTuple):
-    """Where scanning stopped: a record that is incomplete or fails its checksum."""
+    """Where scanning stopped: a record that is incomplete or fails its checksum.
+    ``runs_past_end``: the record reaches the end of the file or its zero padding, so it is the
+    last one written (a torn tail if the segment is the newest)."""
 
     offset: int
     why: str
@@ -201,14 +228,16 @@ class Bad(NamedTuple):
 
 
 def scan(data: bytes, start: int) -> Iterator[tuple[int, int, memoryview] | Bad]:
-    """Yield ``(offset, type, payload)`` for each good record from ``start``; at a bad one yield
-    :class:`Bad` and stop. ``payload`` is a view into ``data``."""
+    """Yield ``(offset, type, payload)`` for each good record from ``start`` up to the
+    segment's zero padding; at a bad one yield :class:`Bad` and stop. ``payload`` is a view into
+    ``data``."""
     view = memoryview(data)
     size = len(data)
+    limit = padding_start(data)
     pos = start
     unpack = FRAME.unpack_from
     crc32 = zlib.crc32
-    while pos < size:
+    while pos < limit:
         if pos + FRAME_SIZE > size:
             yield Bad(pos, "incomplete record header", True)
             return
@@ -218,21 +247,22 @@ def scan(data: bytes, start: int) -> Iterator[tuple[int, int, memoryview] | Bad]
             yield Bad(pos, f"record of {length} bytes runs past the end of the file", True)
             return
         if crc32(view[pos + 4 : end]) != crc:
-            yield Bad(pos, "checksum mismatch", end == size)
+            yield Bad(pos, "checksum mismatch", end >= limit)
             return
         if kind not in TYPES:
-            yield Bad(pos, f"unknown record type {kind}", end == size)
+            yield Bad(pos, f"unknown record type {kind}", end >= limit)
             return
         yield pos, kind, view[pos + FRAME_SIZE : end]
         pos = end
 
 
-def resync(data: bytes, start: int) -> int | None:
-    """The first offset after ``start`` where a well-formed record begins (salvage), or None."""
+def resync(data: bytes, start: int, limit: int | None = None) -> int | None:
+    """The first offset after ``start`` and before ``limit`` (default: the end) where a
+    well-formed record begins (salvage), or None."""
     view = memoryview(data)
     size = len(data)
     crc32 = zlib.crc32
-    for pos in range(start + 1, size - FRAME_SIZE + 1):
+    for pos in range(start + 1, min(size - FRAME_SIZE + 1, size if limit is None else limit)):
         crc, length, kind = FRAME.unpack_from(data, pos)
         end = pos + FRAME_SIZE + length
         if kind in TYPES and end <= size and crc32(view[pos + 4 : end]) == crc:

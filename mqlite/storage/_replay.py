@@ -99,6 +99,7 @@ class Replayer:
         self._names: dict[bytes, str] = {}  # queue names met in records, decoded once
         self._snap_queue: QueueIndex | None = None  # the queue a snapshot is restoring
         self._snap_count = 0  # messages the current snapshot restored so far
+        self._records_end = 0  # where the records of the segment last replayed ended
 
     def _file(self, number: int) -> str:
         """The path of segment ``number``."""
@@ -157,9 +158,11 @@ class Replayer:
         """Apply the records of segment ``number``; return the type of the last record applied
         (``last_kind`` if none was).
 
-        A bad record ends the ``newest`` segment quietly (truncated there) if it is a torn
-        tail: one that runs past the end of the file, or is followed by zeros only, what a crash
-        during an append leaves. Anywhere else it raises :class:`~mqlite.CorruptStorage`, or with
+        The records end where the file ends or where only zero bytes remain: preallocated
+        space (``durability="full"`` writes records over zeros written ahead), removed here. A
+        bad record ends the ``newest`` segment (truncated there, with a warning) if it is a torn
+        tail: one that reaches the end of the file or its zero padding, what a crash during an
+        append leaves. Anywhere else it raises :class:`~mqlite.CorruptStorage`, or with
         ``salvage=True`` is skipped up to the next record that checks out.
         """
         path = self._file(number)
@@ -182,12 +185,16 @@ class Replayer:
                 return last_kind
             raise CorruptStorage(f"{path}: bad file header at offset 0: {exc}") from None
         start = _log.HEADER_SIZE
+        limit = _log.padding_start(data)
         while True:
-            stopped, last_kind = self._replay_records(data, start, path, last_kind)
+            stopped, last_kind = self._replay_records(data, start, limit, path, last_kind)
             if stopped is None:
+                if self._records_end < len(data):
+                    # zero padding (preallocated space): dropped here, the storage preallocates anew
+                    os.truncate(path, self._records_end)
                 return last_kind
             tail = data[stopped.offset :]
-            if newest and (stopped.runs_past_end or not tail.strip(b"\0")):
+            if newest and stopped.runs_past_end:
                 log.warning(
                     "mqlite: %s: cutting off a torn tail of %d bytes at offset %d (%s)",
                     path,
@@ -202,12 +209,12 @@ class Replayer:
                     f"{path}: corrupt record at offset {stopped.offset}: {stopped.why}; "
                     "open with salvage=True to skip it and keep the rest"
                 )
-            resumed = _log.resync(data, stopped.offset)
+            resumed = _log.resync(data, stopped.offset, limit)
             log.error(
                 "mqlite: %s: skipping corrupt bytes %d..%d (%s)",
                 path,
                 stopped.offset,
-                len(data) if resumed is None else resumed,
+                limit if resumed is None else resumed,
                 stopped.why,
             )
             if resumed is None:
@@ -216,9 +223,12 @@ class Replayer:
                 return last_kind
             start = resumed
 
-    def _replay_records(self, data: bytes, start: int, path: str, last_kind: int) -> tuple[_log.Bad | None, int]:
-        """Apply the records of segment ``data`` from offset ``start``; return where a bad record
-        stopped the scan (None at the end of the data) and the type of the last record applied.
+    def _replay_records(
+        self, data: bytes, start: int, limit: int, path: str, last_kind: int
+    ) -> tuple[_log.Bad | None, int]:
+        """Apply the records of segment ``data`` from offset ``start`` up to its zero padding at
+        ``limit``; return where a bad record stopped the scan (None at the end of the records,
+        which is then in ``_records_end``) and the type of the last record applied.
 
         Every record's checksum is verified before it is applied. Most records go through
         :meth:`_apply`. A *run* of plain puts into one queue (one message each, without group,
@@ -253,7 +263,7 @@ class Replayer:
         run_priority = _NO_PRIORITY
         run_heap: list[int] = []
         try:
-            while pos < size:
+            while pos < limit:
                 if run_unpack is not None and pos + run_size <= size:
                     crc, length, kind, now, mid, count, name_size, name, priority, flags, delay, body_size = (
                         run_unpack(data, pos)
@@ -302,9 +312,9 @@ class Replayer:
                 if end > size:
                     return _log.Bad(pos, f"record of {length} bytes runs past the end of the file", True), last_kind
                 if crc32(view[pos + 4 : end]) != crc:
-                    return _log.Bad(pos, "checksum mismatch", end == size), last_kind
+                    return _log.Bad(pos, "checksum mismatch", end >= limit), last_kind
                 if kind not in types:
-                    return _log.Bad(pos, f"unknown record type {kind}", end == size), last_kind
+                    return _log.Bad(pos, f"unknown record type {kind}", end >= limit), last_kind
                 run_unpack = None
                 try:
                     if kind != put_kind or not self._put_batch(data, pos + frame_size, end):
@@ -342,6 +352,7 @@ class Replayer:
                         run_entries, run_eligible = run_queue.entries, run_queue.eligible
                         run_priority, run_heap = _NO_PRIORITY, []
                 pos = end
+            self._records_end = pos
             return None, last_kind
         finally:
             self.replayed_records += replayed
