@@ -2,6 +2,7 @@
 
 Small segments make the log roll and compact every few steps, so replay runs over snapshots,
 several segments and crash-free reopens; tests/test_file_crash.py covers reopening after a kill.
+One machine runs ``durability="full"``, whose segments carry preallocated zeros.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from hypothesis import settings
 from hypothesis.stateful import rule
 
 from mqlite.storage import Storage
-from mqlite.storage.file import FileStorage
+from mqlite.storage.file import Durability, FileStorage
 from mqlite.testing import StorageConformance
 
 
-def _new(segment_size: int) -> FileStorage:
-    return FileStorage(tempfile.mkdtemp(prefix="mqlite-conf-"), durability="normal", segment_size=segment_size)
+def _new(segment_size: int, durability: Durability = "normal") -> FileStorage:
+    return FileStorage(tempfile.mkdtemp(prefix="mqlite-conf-"), durability=durability, segment_size=segment_size)
 
 
 def _reopen(old: Storage) -> Storage:
@@ -51,10 +52,20 @@ class FileStorageBigSegmentsConformance(_FileConformance):
     reopen_storage = staticmethod(_reopen)
 
 
+class FileStorageFullConformance(_FileConformance):
+    """``durability="full"``: segments preallocated with zeros, cut at every roll, compaction
+    and close."""
+
+    storage_factory = staticmethod(lambda: _new(2048, "full"))
+    reopen_storage = staticmethod(_reopen)
+
+
 TestFileStorageConformance = FileStorageConformance.TestCase
 TestFileStorageConformance.settings = settings(stateful_step_count=50, deadline=None)
 TestFileStorageBigSegmentsConformance = FileStorageBigSegmentsConformance.TestCase
 TestFileStorageBigSegmentsConformance.settings = settings(stateful_step_count=50, deadline=None, max_examples=60)
+TestFileStorageFullConformance = FileStorageFullConformance.TestCase
+TestFileStorageFullConformance.settings = settings(stateful_step_count=50, deadline=None, max_examples=60)
 
 
 def test_counterexample_a_lease_kept_by_a_clean_close_whose_record_was_compacted_away():
