@@ -171,6 +171,19 @@ def test_sealed_segments_keep_no_padding(tmp_path):
     storage.close()
 
 
+def test_padding_stops_at_the_end_of_the_segment(tmp_path):
+    """The log rolls once a segment reaches segment_size: zeros past that would never be used."""
+    segment_size = 64 << 10
+    storage = _open(str(tmp_path / "log"), segment_size=segment_size)
+    assert storage._prealloc == 4096
+    while len(_segments(storage.path)) == 1:
+        _put(storage, b"y" * 200)
+        [path] = _segments(storage.path)[-1:]
+        size = os.path.getsize(path)
+        assert size <= max(segment_size, -(-_records_end(path) // 4096) * 4096)
+    storage.close()
+
+
 def test_a_full_disk_while_preallocating_turns_preallocation_off_and_appends_go_on(tmp_path, monkeypatch):
     directory = str(tmp_path / "log")
     storage = _open(directory, segment_size=1 << 20)

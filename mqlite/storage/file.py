@@ -248,11 +248,14 @@ class FileStorage(Storage, GroupCommit):
     def _pad(self, need: int) -> None:
         """Preallocate: write and sync zeros from the end of the current segment file to at
         least ``need`` bytes past the next record's offset plus one preallocation step, in
-        whole pages. Records then overwrite blocks the file already has, and their
-        ``fdatasync`` has only data to write. Replay takes trailing zeros for the end of the
-        records. A failure (a full disk) only turns preallocation off: the append that needed
-        it goes on and fails by itself if the space really is gone."""
-        end = -(-(self._seg_bytes + need + self._prealloc) // _PAGE) * _PAGE
+        whole pages, but not past the end of the segment (it rolls there). Records then
+        overwrite blocks the file already has, and their ``fdatasync`` has only data to write.
+        Replay takes trailing zeros for the end of the records. A failure (a full disk) only
+        turns preallocation off: the append that needed it goes on and fails by itself if the
+        space really is gone."""
+        least = self._seg_bytes + need
+        end = min(least + self._prealloc, max(least, self.segment_size))
+        end = -(-end // _PAGE) * _PAGE
         try:
             _log.pwrite_all(self._fd, bytes(end - self._zeroed), self._zeroed)
             os.fdatasync(self._fd)
