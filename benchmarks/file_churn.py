@@ -5,7 +5,9 @@ segment".
     python benchmarks/file_churn.py [messages] [live] [segment MiB] [body bytes]
 
 Keeps about ``live`` messages queued, putting batches of 1,000 and leasing + acking batches of
-1,000 (storage calls, ``durability="normal"``: the bytes written are the same as with "full")
+1,000 (storage calls, ``durability="normal"``: the records are the same as with "full", which
+also keeps up to a sixteenth of a segment of preallocated zeros after them, cut before a
+compaction starts; tests/test_file_storage.py checks the bound under both)
 until ``messages`` went through, then drains and closes. After every call it measures:
 
 * the directory: the sum of the sizes of its files (segments, snapshot, lock file);
