@@ -107,6 +107,20 @@ def pack_str(text: str) -> bytes:
     return _U32.pack(len(data)) + data
 
 
+_NAMES_PACKED: dict[str, bytes] = {}
+
+
+def pack_name(queue: str) -> bytes:
+    """``pack_str`` for queue names, which every operation record carries: remembered, since a
+    process uses few names (the cache is emptied if it ever holds 1,024)."""
+    packed = _NAMES_PACKED.get(queue)
+    if packed is None:
+        if len(_NAMES_PACKED) >= 1024:
+            _NAMES_PACKED.clear()
+        packed = _NAMES_PACKED[queue] = pack_str(queue)
+    return packed
+
+
 def pack_opt(text: str | None) -> bytes:
     return _U32.pack(NONE32) if text is None else pack_str(text)
 
@@ -139,10 +153,13 @@ def unpack_headers(buf: Buf, pos: int) -> tuple[dict[str, str], int]:
     return value, pos
 
 
+_LENGTH_TYPE = struct.Struct("<IB")
+
+
 def frame(kind: int, payload: bytes) -> bytes:
     """One framed record."""
-    head = _U32.pack(len(payload)) + bytes((kind,))
-    return _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + head + payload
+    head = _LENGTH_TYPE.pack(len(payload), kind)
+    return b"".join((_U32.pack(zlib.crc32(payload, zlib.crc32(head))), head, payload))
 
 
 def file_header(segment: int) -> bytes:
@@ -300,7 +317,7 @@ def encode_envelopes(envelopes: Sequence[Envelope]) -> list[bytes]:
 
 
 def encode_put(queue: str, now: float, first_id: int, count: int, envelopes: list[bytes]) -> bytes:
-    return b"".join((_PUT_HEAD.pack(now, first_id, count), pack_str(queue), *envelopes))
+    return b"".join((_PUT_HEAD.pack(now, first_id, count), pack_name(queue), *envelopes))
 
 
 class Put(NamedTuple):
@@ -344,7 +361,7 @@ def decode_put(buf: Buf) -> Put:
 
 def encode_lease(queue: str, now: float, lease: float, first_token: int, n: int, ids: Sequence[int]) -> bytes:
     return b"".join(
-        (_LEASE_HEAD.pack(now, lease, first_token, n, len(ids)), pack_str(queue), struct.pack(f"<{len(ids)}Q", *ids))
+        (_LEASE_HEAD.pack(now, lease, first_token, n, len(ids)), pack_name(queue), struct.pack(f"<{len(ids)}Q", *ids))
     )
 
 
@@ -368,7 +385,7 @@ def decode_lease(buf: Buf) -> Lease:
 def encode_settle(queue: str, now: float, handles: Sequence[Handle], extra: bytes = b"") -> bytes:
     flat = [x for handle in handles for x in handle]
     return b"".join(
-        (_SETTLE_HEAD.pack(now, len(handles)), pack_str(queue), struct.pack(f"<{len(flat)}Q", *flat), extra)
+        (_SETTLE_HEAD.pack(now, len(handles)), pack_name(queue), struct.pack(f"<{len(flat)}Q", *flat), extra)
     )
 
 
@@ -403,7 +420,7 @@ def decode_float(buf: Buf, pos: int) -> float:
 
 
 def encode_redrive(queue: str, now: float, max_messages: int | None, moved: int) -> bytes:
-    return _REDRIVE.pack(now, -1 if max_messages is None else max_messages, moved) + pack_str(queue)
+    return _REDRIVE.pack(now, -1 if max_messages is None else max_messages, moved) + pack_name(queue)
 
 
 def decode_redrive(buf: Buf) -> tuple[float, int | None, int, str]:
@@ -413,7 +430,7 @@ def decode_redrive(buf: Buf) -> tuple[float, int | None, int, str]:
 
 
 def encode_purge(queue: str, now: float, removed: int) -> bytes:
-    return _PURGE.pack(now, removed) + pack_str(queue)
+    return _PURGE.pack(now, removed) + pack_name(queue)
 
 
 def decode_purge(buf: Buf) -> tuple[float, int, str]:
@@ -423,7 +440,7 @@ def decode_purge(buf: Buf) -> tuple[float, int, str]:
 
 
 def encode_tick(queue: str, now: float) -> bytes:
-    return _D.pack(now) + pack_str(queue)
+    return _D.pack(now) + pack_name(queue)
 
 
 def decode_tick(buf: Buf) -> tuple[float, str]:

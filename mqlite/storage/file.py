@@ -225,18 +225,21 @@ class FileStorage(Storage, GroupCommit):
     def _append(self, kind: int, payload: bytes) -> int:
         """Append one record (the caller holds ``_lock``); return the log position after it."""
         data = _log.frame(kind, payload)
+        size = len(data)
         try:
-            if self._seg_bytes + len(data) > self._zeroed and self._prealloc:
-                self._pad(len(data))
-            _log.pwrite_all(self._fd, data, self._seg_bytes)
+            if self._seg_bytes + size > self._zeroed and self._prealloc:
+                self._pad(size)
+            written = os.pwrite(self._fd, data, self._seg_bytes)
+            if written < size:
+                _log.pwrite_all(self._fd, data[written:], self._seg_bytes + written)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._seg_bytes)
                 self._zeroed = self._seg_bytes
             raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
-        self._seg_bytes += len(data)
+        self._seg_bytes += size
         self._sizes[self._segment] = self._seg_bytes
-        self._written += len(data)
+        self._written += size
         end = self._written
         if self._seg_bytes >= self.segment_size or self._written >= self._check_at:
             try:
