@@ -1,6 +1,6 @@
 """CPU time per message of mqlite's single-message paths, for before/after comparisons.
 
-    python benchmarks/cpu_per_message.py W1|W1-storage|W4|W5 [--n 100000] [--repeat 5]
+    python benchmarks/cpu_per_message.py W1|W1-storage|W4|W5|W5f [--n 100000] [--repeat 5]
 
 Wall-clock on a shared machine moves by more than a front optimization; ``time.process_time``
 of this process does not count other processes' work. Compare two versions by running this
@@ -12,6 +12,7 @@ script interleaved with ``PYTHONPATH`` pointing at an export of the other versio
   storage's share of W1 (the rest is the front).
 - W4: one ``aput`` coroutine, one ``aget`` + ``aack`` coroutine, as the bench.
 - W5: SQLite ``durability="normal"``, put / get / ack one at a time with the RAW serializer.
+- W5f: the same on the file log (``FileStorage``, ``durability="normal"``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from collections.abc import Callable
 
 import mqlite
 from mqlite.serializers import RAW
-from mqlite.storage.base import Envelope
+from mqlite.storage.base import Envelope, Storage
+from mqlite.storage.file import FileStorage
 from mqlite.storage.sqlite import SQLiteStorage
 
 
@@ -99,9 +101,19 @@ def w4(n: int) -> float:
 
 def w5(n: int) -> float:
     """CPU seconds for SQLite W5 ``durability="normal"`` with ``n`` messages."""
+    return _one_at_a_time(n, lambda directory: SQLiteStorage(os.path.join(directory, "mqlite.db"), durability="normal"))
+
+
+def w5f(n: int) -> float:
+    """CPU seconds for file-log W5f ``durability="normal"`` with ``n`` messages."""
+    return _one_at_a_time(n, lambda directory: FileStorage(os.path.join(directory, "log"), durability="normal"))
+
+
+def _one_at_a_time(n: int, open_storage: Callable[[str], Storage]) -> float:
+    """put / get / ack ``n`` times through ``Queue`` on a storage opened in a temporary directory."""
     directory = tempfile.mkdtemp(prefix="mqlite-cpu-")
     try:
-        storage = SQLiteStorage(os.path.join(directory, "mqlite.db"), durability="normal")
+        storage = open_storage(directory)
         q: mqlite.Queue[bytes] = mqlite.Queue("bench", storage, serializer=RAW, lease=300.0)
         body = b"x" * 64
         put, get = q.put, q.get
@@ -117,7 +129,13 @@ def w5(n: int) -> float:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-WORKLOADS: dict[str, Callable[[int], float]] = {"W1": w1, "W1-storage": w1_storage, "W4": w4, "W5": w5}
+WORKLOADS: dict[str, Callable[[int], float]] = {
+    "W1": w1,
+    "W1-storage": w1_storage,
+    "W4": w4,
+    "W5": w5,
+    "W5f": w5f,
+}
 
 
 def main() -> None:

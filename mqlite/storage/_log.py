@@ -360,9 +360,8 @@ def decode_put(buf: Buf) -> Put:
 
 
 def encode_lease(queue: str, now: float, lease: float, first_token: int, n: int, ids: Sequence[int]) -> bytes:
-    return b"".join(
-        (_LEASE_HEAD.pack(now, lease, first_token, n, len(ids)), pack_name(queue), struct.pack(f"<{len(ids)}Q", *ids))
-    )
+    packed = _Q.pack(ids[0]) if len(ids) == 1 else struct.pack(f"<{len(ids)}Q", *ids)
+    return b"".join((_LEASE_HEAD.pack(now, lease, first_token, n, len(ids)), pack_name(queue), packed))
 
 
 class Lease(NamedTuple):
@@ -383,10 +382,12 @@ def decode_lease(buf: Buf) -> Lease:
 
 
 def encode_settle(queue: str, now: float, handles: Sequence[Handle], extra: bytes = b"") -> bytes:
-    flat = [x for handle in handles for x in handle]
-    return b"".join(
-        (_SETTLE_HEAD.pack(now, len(handles)), pack_name(queue), struct.pack(f"<{len(flat)}Q", *flat), extra)
-    )
+    if len(handles) == 1:
+        packed = _QQ.pack(*handles[0])
+    else:
+        flat = [x for handle in handles for x in handle]
+        packed = struct.pack(f"<{len(flat)}Q", *flat)
+    return b"".join((_SETTLE_HEAD.pack(now, len(handles)), pack_name(queue), packed, extra))
 
 
 class Settle(NamedTuple):
