@@ -455,8 +455,9 @@ class QueueIndex:
         self._kill(mid, entry, "rejected", reason, storage)
         return Outcome.DONE
 
-    def redrive_from(self, dead: QueueIndex, max_messages: int | None) -> int:
-        """Move dead letters that died here back from ``dead``; see :meth:`Storage.redrive`."""
+    def redrive_from(self, dead: QueueIndex, max_messages: int | None) -> list[int]:
+        """Move dead letters that died here back from ``dead``; see :meth:`Storage.redrive`.
+        Returns the ids moved."""
         name = self.spec.name
         movable = sorted(
             mid
@@ -465,6 +466,11 @@ class QueueIndex:
         )
         if max_messages is not None:
             movable = movable[:max_messages]
+        return self.move_back(dead, movable)
+
+    def move_back(self, dead: QueueIndex, movable: Sequence[int]) -> list[int]:
+        """Move the dead letters ``movable`` (ids in ``dead``, not in flight) back here."""
+        name = self.spec.name
         for mid in movable:
             entry = dead.entries[mid]
             if entry.state == READY:
@@ -480,7 +486,7 @@ class QueueIndex:
                 dead.dead_by_source[name] = left
             else:
                 dead.dead_by_source.pop(name, None)
-        return len(movable)
+        return list(movable)
 
     def purge(self) -> int:
         """Delete every ready and delayed message."""
@@ -726,9 +732,72 @@ class Index:
         return index.settle(handles, apply)
 
     def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
+        return len(self.redrive_moving(queue, now, max_messages))
+
+    def redrive_moving(self, queue: str, now: float, max_messages: int | None) -> list[int]:
+        """:meth:`redrive`, returning the ids moved (the file log records them)."""
         index = self.touch(queue, now)
         dead = self.touch(index.spec.dead_letter_queue, now)
         return index.redrive_from(dead, max_messages)
+
+    # -- replaying a log by id (FileStorage) ----------------------------------------------------
+
+    def lease_ids(self, queue: str, ids: Sequence[int], now: float, lease: float, first_token: int) -> list[int]:
+        """Lease exactly the messages ``ids`` (tokens ``first_token``, ``first_token + 1``, ...),
+        as a ``lease`` call that returned them did; return the ids this index does not hold
+        (the replayer decides whether that is allowed). A known id must be ready."""
+        index = self.touch(queue, now)
+        entries = index.entries
+        expires_at = now + lease
+        unknown: list[int] = []
+        token = first_token
+        for mid in ids:
+            entry = entries.get(mid)
+            if entry is None:
+                unknown.append(mid)
+            else:
+                if entry.state != READY:
+                    raise ValueError(f"message {mid} is not ready to be leased")
+                entry.state = IN_FLIGHT
+                entry.attempts += 1
+                entry.token = token
+                entry.deadline = expires_at
+                if entry.group is not None:
+                    index.groups[entry.group].busy = mid
+                heapq.heappush(index.in_flight, (expires_at, mid, token))
+                index.n_ready -= 1
+                index.n_in_flight += 1
+            token += 1  # the eligible heaps keep the id: a later lease skips it while it is not ready
+        self.last_token = max(self.last_token, first_token + len(ids) - 1)
+        return unknown
+
+    def redrive_ids(self, queue: str, ids: Sequence[int], now: float) -> list[int]:
+        """Move exactly the dead letters ``ids`` back to ``queue``, as a ``redrive`` that moved
+        them did; return the ids the dead-letter queue does not hold."""
+        index = self.touch(queue, now)
+        dead = self.touch(index.spec.dead_letter_queue, now)
+        known = [mid for mid in ids if mid in dead.entries]
+        unknown = [mid for mid in ids if mid not in dead.entries]
+        for mid in known:
+            if dead.entries[mid].state == IN_FLIGHT or dead.entries[mid].headers.get(DEATH_QUEUE) != queue:
+                raise ValueError(f"message {mid} is not a dead letter of {queue!r} to move")
+        index.move_back(dead, known)
+        return unknown
+
+    def recount_dead(self) -> None:
+        """Set every queue's count of dead letters per source from the messages it holds: a log
+        replayed from after deleted segments skips settles of messages it never saw."""
+        for queue in self.queues.values():
+            counts: dict[str, int] = {}
+            for entry in queue.entries.values():
+                source = entry.headers.get(DEATH_QUEUE) if entry.headers else None
+                if source is not None:
+                    counts[source] = counts.get(source, 0) + 1
+            queue.dead_by_source = counts
+
+    def min_live_id(self) -> int | None:
+        """The smallest id of a message held in any queue (None if none is)."""
+        return min((min(queue.entries) for queue in self.queues.values() if queue.entries), default=None)
 
     def purge(self, queue: str, now: float) -> int:
         return self.touch(queue, now).purge()

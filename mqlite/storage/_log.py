@@ -21,7 +21,10 @@ from typing import Final, NamedTuple
 from .base import Envelope, Handle, QueueSpec
 
 MAGIC: Final = b"MQLOG\r\n\x1a"
-VERSION: Final = 1
+VERSION: Final = 2
+"""The format version new segments are written in. Version 1 segments are still read: they
+differ in how a ``LEASE`` and a ``REDRIVE`` replay (docs/file-format.md, "Versions")."""
+READS: Final = (1, 2)
 HEADER = struct.Struct("<8sHHQI")  # magic, version, flags (0), segment number, crc32 of the first 20 bytes
 HEADER_SIZE: Final = HEADER.size  # 24
 FRAME = struct.Struct("<IIB")  # crc32, payload length, type
@@ -44,12 +47,13 @@ PURGE: Final = 10
 TICK: Final = 11
 CLOSE: Final = 12
 RECOVER: Final = 13
+SEGMENT_START: Final = 14
 SNAP_BEGIN: Final = 20
 SNAP_QUEUE: Final = 21
 SNAP_MSG: Final = 22
 SNAP_END: Final = 23
 TYPES: Final = frozenset(
-    (SPEC, PUT, LEASE, ACK, NACK, RELEASE, REJECT, EXTEND, REDRIVE, PURGE, TICK, CLOSE, RECOVER)
+    (SPEC, PUT, LEASE, ACK, NACK, RELEASE, REJECT, EXTEND, REDRIVE, PURGE, TICK, CLOSE, RECOVER, SEGMENT_START)
 ) | frozenset((SNAP_BEGIN, SNAP_QUEUE, SNAP_MSG, SNAP_END))
 NAMES: Final = {
     SPEC: "SPEC",
@@ -65,6 +69,7 @@ NAMES: Final = {
     TICK: "TICK",
     CLOSE: "CLOSE",
     RECOVER: "RECOVER",
+    SEGMENT_START: "SEGMENT_START",
     SNAP_BEGIN: "SNAP_BEGIN",
     SNAP_QUEUE: "SNAP_QUEUE",
     SNAP_MSG: "SNAP_MSG",
@@ -162,13 +167,14 @@ def frame(kind: int, payload: bytes) -> bytes:
     return b"".join((_U32.pack(zlib.crc32(payload, zlib.crc32(head))), head, payload))
 
 
-def file_header(segment: int) -> bytes:
-    body = HEADER.pack(MAGIC, VERSION, 0, segment, 0)[:20]
+def file_header(segment: int, version: int = VERSION) -> bytes:
+    body = HEADER.pack(MAGIC, version, 0, segment, 0)[:20]
     return body + _U32.pack(zlib.crc32(body))
 
 
-def check_header(data: bytes) -> int:
-    """The segment number in a file header, or raise ValueError saying what is wrong."""
+def check_header(data: bytes) -> tuple[int, int]:
+    """The segment number and format version in a file header, or raise ValueError saying what
+    is wrong."""
     if len(data) < HEADER_SIZE:
         raise ValueError(f"file header is {len(data)} bytes, not {HEADER_SIZE}")
     magic, version, _flags, segment, crc = HEADER.unpack_from(data, 0)
@@ -176,9 +182,11 @@ def check_header(data: bytes) -> int:
         raise ValueError("not an mqlite log segment (bad magic)")
     if crc != zlib.crc32(data[:20]):
         raise ValueError("file header checksum mismatch")
-    if version != VERSION:
-        raise ValueError(f"format version {version} is not supported (this mqlite reads version {VERSION})")
-    return int(segment)
+    if version not in READS:
+        raise ValueError(
+            f"format version {version} is not supported (this mqlite reads versions {', '.join(map(str, READS))})"
+        )
+    return int(segment), int(version)
 
 
 def segment_name(number: int) -> str:
@@ -420,14 +428,67 @@ def decode_float(buf: Buf, pos: int) -> float:
     return float(value)
 
 
-def encode_redrive(queue: str, now: float, max_messages: int | None, moved: int) -> bytes:
-    return _REDRIVE.pack(now, -1 if max_messages is None else max_messages, moved) + pack_name(queue)
+def encode_redrive(queue: str, now: float, max_messages: int | None, ids: Sequence[int]) -> bytes:
+    """A REDRIVE record; with a ``max_messages`` limit it names the ids moved (version 2)."""
+    head = _REDRIVE.pack(now, -1 if max_messages is None else max_messages, len(ids)) + pack_name(queue)
+    if max_messages is None:
+        return head
+    return head + struct.pack(f"<{len(ids)}Q", *ids)
 
 
-def decode_redrive(buf: Buf) -> tuple[float, int | None, int, str]:
+class Redrive(NamedTuple):
+    now: float
+    max_messages: int | None
+    moved: int
+    queue: str
+    ids: tuple[int, ...] | None  # the ids moved: version 2 records with a limit name them
+
+
+def decode_redrive(buf: Buf, version: int = VERSION) -> Redrive:
     now, max_messages, moved = _REDRIVE.unpack_from(buf, 0)
-    queue, _ = unpack_str(buf, _REDRIVE.size)
-    return now, None if max_messages < 0 else max_messages, moved, queue
+    queue, pos = unpack_str(buf, _REDRIVE.size)
+    ids: tuple[int, ...] | None = None
+    if version >= 2 and max_messages >= 0:
+        if pos + 8 * moved != len(buf):
+            raise CorruptRecord("redrive record has the wrong size")
+        ids = struct.unpack_from(f"<{moved}Q", buf, pos)
+    return Redrive(now, None if max_messages < 0 else max_messages, moved, queue, ids)
+
+
+def encode_segment_start(
+    last_id: int, last_token: int, queues: Sequence[tuple[QueueSpec, Sequence[tuple[str, int, float]]]]
+) -> bytes:
+    """The first record of a segment started by a roll (version 2): the id and token counters,
+    and every queue's settings and dedup entries, as they are when the segment starts. Replay
+    can begin here once the older segments are deleted."""
+    parts = [_SNAP_BEGIN.pack(last_id, last_token, len(queues))]
+    for spec, dedup in queues:
+        item = encode_snap_queue(spec, {}, dedup, 0)
+        parts.append(_U32.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+class SegmentStart(NamedTuple):
+    last_id: int
+    last_token: int
+    queues: list[SnapQueue]
+
+
+def decode_segment_start(buf: Buf) -> SegmentStart:
+    last_id, last_token, count = _SNAP_BEGIN.unpack_from(buf, 0)
+    pos = _SNAP_BEGIN.size
+    queues: list[SnapQueue] = []
+    for _ in range(count):
+        (size,) = _U32.unpack_from(buf, pos)
+        pos += 4
+        if pos + size > len(buf):
+            raise CorruptRecord("segment start queue runs past the record")
+        queues.append(decode_snap_queue(buf[pos : pos + size]))
+        pos += size
+    if pos != len(buf):
+        raise CorruptRecord("stray bytes after the segment start's queues")
+    return SegmentStart(last_id, last_token, queues)
 
 
 def encode_purge(queue: str, now: float, removed: int) -> bytes:

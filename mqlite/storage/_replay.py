@@ -83,7 +83,10 @@ class Replayer:
     """Rebuilds the index of the log in ``directory``; :meth:`run` does it once, at open.
 
     After :meth:`run`, ``index`` holds the state the log describes and ``replayed_records``
-    counts the records applied. The storage takes both over and appends to the newest segment.
+    counts the records applied; ``versions`` maps each segment to its format version and
+    ``starts`` each segment that begins with a ``SEGMENT_START`` or a snapshot to the last id
+    given before it (what the storage needs to delete older segments). The storage takes them
+    over and appends to the newest segment.
     The replayer only reads, except where the log itself needs repair: it removes segments a
     snapshot replaced and files a compaction left unfinished, truncates a torn tail off the
     newest segment and rewrites a newest segment's incomplete file header (a crash while the
@@ -96,6 +99,13 @@ class Replayer:
         self.salvage = salvage
         self.index = Index()
         self.replayed_records = 0
+        self.versions: dict[int, int] = {}
+        self.starts: dict[int, int] = {}
+        # Ids up to base_id were given in segments deleted since: records may name them, and
+        # replay skips them (0: the log is complete, so every id a record names must be known).
+        self.base_id = 0
+        self._version = _log.VERSION  # the format version of the segment being replayed
+        self._segment = 0  # the segment being replayed
         self._names: dict[bytes, str] = {}  # queue names met in records, decoded once
         self._snap_queue: QueueIndex | None = None  # the queue a snapshot is restoring
         self._snap_count = 0  # messages the current snapshot restored so far
@@ -128,10 +138,16 @@ class Replayer:
                 os.unlink(self._file(number))
             segments = segments[segments.index(base) :]
             _log.sync_directory(self.path)
-        if segments and base is None and segments[0] != 1 and not self.salvage:
+        if (
+            segments
+            and base is None
+            and segments[0] != 1
+            and self._first_kind(segments[0]) != _log.SEGMENT_START
+            and not self.salvage
+        ):
             raise CorruptStorage(
-                f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1 nor a "
-                "snapshot segment is there; open with salvage=True to load what is left"
+                f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1, a "
+                "snapshot nor a segment start is there; open with salvage=True to load what is left"
             )
         for before, after in itertools.pairwise(segments):
             if after != before + 1 and not self.salvage:
@@ -143,14 +159,20 @@ class Replayer:
         with _collector_paused():
             for position, number in enumerate(segments):
                 last_kind = self._replay_segment(number, newest=position == len(segments) - 1, last_kind=last_kind)
+        if self.base_id:
+            self.index.recount_dead()
         return segments, last_kind
+
+    def _first_kind(self, number: int) -> int:
+        """The type of segment ``number``'s first record (0 if it has none)."""
+        with open(self._file(number), "rb") as stream:
+            head = stream.read(_log.HEADER_SIZE + _log.FRAME_SIZE)
+        return head[-1] if len(head) == _log.HEADER_SIZE + _log.FRAME_SIZE else 0
 
     def _find_base(self, segments: list[int]) -> int | None:
         """The newest segment that starts with a snapshot: the log begins there."""
         for number in reversed(segments):
-            with open(self._file(number), "rb") as stream:
-                head = stream.read(_log.HEADER_SIZE + _log.FRAME_SIZE)
-            if len(head) == _log.HEADER_SIZE + _log.FRAME_SIZE and head[-1] == _log.SNAP_BEGIN:
+            if self._first_kind(number) == _log.SNAP_BEGIN:
                 return number
         return None
 
@@ -166,12 +188,14 @@ class Replayer:
         ``salvage=True`` is skipped up to the next record that checks out.
         """
         path = self._file(number)
+        self._segment = number
         with open(path, "rb") as stream:
             data = stream.read()
         try:
-            found = _log.check_header(data)
+            found, self._version = _log.check_header(data)
             if found != number:
                 raise ValueError(f"its header says segment {found}")
+            self.versions[number] = self._version
         except ValueError as exc:
             if newest and len(data) < _log.HEADER_SIZE:
                 log.warning("mqlite: %s: incomplete file header (a crash while creating it); rewriting it", path)
@@ -265,8 +289,8 @@ class Replayer:
         try:
             while pos < limit:
                 if run_unpack is not None and pos + run_size <= size:
-                    crc, length, kind, now, mid, count, name_size, name, priority, flags, delay, body_size = (
-                        run_unpack(data, pos)
+                    crc, length, kind, now, mid, count, name_size, name, priority, flags, delay, body_size = run_unpack(
+                        data, pos
                     )
                     end = pos + frame_size + length
                     if (
@@ -437,6 +461,18 @@ class Replayer:
             due = min(due, target.in_flight[0][0])
         return target, name, due
 
+    def _check_known(self, unknown: list[int], what: str) -> None:
+        """Ids a record names must be known, except those given in deleted segments."""
+        for mid in unknown:
+            if mid > self.base_id:
+                raise _Diverged(f"{what} message {mid}, which the log never put")
+
+    def _check_count(self, what: str, count: int, recorded: int) -> None:
+        """A call run again must do what it recorded; after deleted segments, it can find fewer
+        messages (those it found then and that are settled since were put in them)."""
+        if count > recorded or (count < recorded and not self.base_id):
+            raise _Diverged(f"{what} {count} messages, not {recorded}")
+
     def _apply(self, kind: int, buf: memoryview) -> None:
         """Apply one record to the index, as the call that wrote it did."""
         index = self.index
@@ -483,11 +519,21 @@ class Replayer:
                 raise _Diverged("the put stored another number of messages")
         elif kind == _log.LEASE:
             lease = _log.decode_lease(data)
-            if lease.ids:
-                index.last_token = lease.first_token - 1
-            taken = index.lease(lease.queue, lease.n, lease.now, lease.lease)
-            if tuple(m.id for m in taken) != lease.ids:
-                raise _Diverged(f"leased {[m.id for m in taken]}, recorded {list(lease.ids)}")
+            if self.base_id:
+                # The log begins after deleted segments: lease the ids the record names. Running
+                # the lease again could pick others, as messages it found then may be missing
+                # (settled since, put in those segments) and may have held a group back.
+                try:
+                    unknown = index.lease_ids(lease.queue, lease.ids, lease.now, lease.lease, lease.first_token)
+                except ValueError as exc:
+                    raise _Diverged(str(exc)) from None
+                self._check_known(unknown, "leased")
+            else:
+                if lease.ids:
+                    index.last_token = lease.first_token - 1
+                taken = index.lease(lease.queue, lease.n, lease.now, lease.lease)
+                if tuple(m.id for m in taken) != lease.ids:
+                    raise _Diverged(f"leased {[m.id for m in taken]}, recorded {list(lease.ids)}")
         elif kind in (_log.ACK, _log.NACK, _log.RELEASE, _log.REJECT, _log.EXTEND):
             settle = _log.decode_settle(data)
             if kind == _log.ACK:
@@ -509,17 +555,43 @@ class Replayer:
             spec, _ = _log.decode_spec(data)
             index.open_queue(spec)
         elif kind == _log.REDRIVE:
-            now, max_messages, moved, queue = _log.decode_redrive(data)
-            if index.redrive(queue, now, max_messages) != moved:
-                raise _Diverged(f"redrive moved another number of messages than {moved}")
+            redrive = _log.decode_redrive(data, self._version)
+            if redrive.ids is not None:
+                try:
+                    unknown = index.redrive_ids(redrive.queue, redrive.ids, redrive.now)
+                except ValueError as exc:
+                    raise _Diverged(str(exc)) from None
+                self._check_known(unknown, "redriven")
+            else:
+                moved = index.redrive(redrive.queue, redrive.now, redrive.max_messages)
+                self._check_count("redrive moved", moved, redrive.moved)
         elif kind == _log.PURGE:
             now, removed, queue = _log.decode_purge(data)
-            if index.purge(queue, now) != removed:
-                raise _Diverged(f"purge removed another number of messages than {removed}")
+            self._check_count("purge removed", index.purge(queue, now), removed)
+        elif kind == _log.SEGMENT_START:
+            start = _log.decode_segment_start(data)
+            if not index.queues and not index.last_id and not index.last_token:
+                # the log begins here (older segments were deleted): start from what it says
+                for snap in start.queues:
+                    target = index.queue(snap.spec.name)
+                    target.spec = snap.spec
+                    for key, mid, first_at in snap.dedup:
+                        target.dedup[key] = (mid, first_at)
+                        target.dedup_order.append((first_at, key))
+                index.last_id, index.last_token = start.last_id, start.last_token
+                self.base_id = start.last_id
+            elif (index.last_id, index.last_token) != (start.last_id, start.last_token):
+                raise _Diverged(
+                    f"the segment starts at id {start.last_id} and token {start.last_token}, "
+                    f"replay reached {index.last_id} and {index.last_token}"
+                )
+            self.starts[self._segment] = start.last_id
         elif kind == _log.RECOVER:
             expire_leases(self.index)
         elif kind == _log.SNAP_BEGIN:
             last_id, last_token, _queues = _log.decode_snap_begin(data)
+            self.starts[self._segment] = last_id
+            self.base_id = 0  # a snapshot holds every message: nothing before it is named again
             self.index = Index()
             self.index.last_id, self.index.last_token = last_id, last_token
             self._snap_queue = None

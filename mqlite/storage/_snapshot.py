@@ -60,7 +60,7 @@ def snapshot_records(index: Index) -> Iterator[bytes]:
     yield frame(_log.SNAP_BEGIN, _log.encode_snap_begin(index.last_id, index.last_token, len(queues)))
     total = 0
     for queue in queues:
-        dedup = sorted(((key, mid, first_at) for key, (mid, first_at) in queue.dedup.items()), key=lambda d: d[2])
+        dedup = dedup_entries(queue)
         yield frame(
             _log.SNAP_QUEUE, _log.encode_snap_queue(queue.spec, queue.dead_by_source, dedup, len(queue.entries))
         )
@@ -152,3 +152,9 @@ def restore_messages(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> i
     for unordered in fresh.values():
         heapq.heapify(unordered)  # appended ids met ids that adopt pushed: restore the heap order
     return count
+
+
+def dedup_entries(queue: QueueIndex) -> list[tuple[str, int, float]]:
+    """A queue's dedup entries as ``(key, id, first put at)``, oldest first: how snapshots and
+    segment starts record them, and the order that restores ``dedup_order``."""
+    return sorted(((key, mid, first_at) for key, (mid, first_at) in queue.dedup.items()), key=lambda d: d[2])

@@ -29,7 +29,7 @@ from . import _log
 from ._group_commit import GroupCommit
 from ._index import Index
 from ._replay import Replayer, expire_leases
-from ._snapshot import snapshot_records, snapshot_size
+from ._snapshot import dedup_entries, snapshot_records, snapshot_size
 from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
@@ -118,8 +118,12 @@ class FileStorage(Storage, GroupCommit):
         self._check_at = segment_size // 4  # the log position of the next compaction check
         self._failed: BaseException | None = None
         self._closed = False
+        self._starts: dict[int, int] = {}  # segment -> the last id given before it (see _drop_settled)
+        self._versions: dict[int, int] = {}  # segment -> its format version
         self.replayed_records = 0
         self.compactions = 0
+        self.segments_dropped = 0
+        self._peak_live = 0  # the largest live_bytes() seen at a compaction check since the last compaction
         self._lock_fd = self._take_lock()
         try:
             self._load()
@@ -183,26 +187,33 @@ class FileStorage(Storage, GroupCommit):
         segments, last_kind = replayer.run()
         self._index = replayer.index
         self.replayed_records = replayer.replayed_records
+        self._starts = dict(replayer.starts)
+        self._versions = dict(replayer.versions)
         if segments:
             self._segment = segments[-1]
             self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
             self._seg_bytes = self._zeroed = self._sizes[self._segment]
             self._fd = os.open(self._file(self._segment), os.O_WRONLY | os.O_CLOEXEC)
+            if self._versions.get(self._segment, _log.VERSION) < _log.VERSION:
+                self._start_segment()  # records of this version never go into an older version's segment
         else:
             self._fd = self._create_segment(1)
             self._segment = 1
             self._sizes = {1: _log.HEADER_SIZE}
+            self._versions = {1: _log.VERSION}
             self._seg_bytes = self._zeroed = _log.HEADER_SIZE
         if last_kind not in (0, _log.CLOSE):
             # The process stopped without close(): leases it handed out end now.
             expire_leases(self._index)
             end = self._append(_log.RECOVER, b"")
             self._commit(end)
-        if not self.salvage and self._mostly_dead():
+        if not self.salvage:
             # a process that died without close() could not give the space back; do it now
             # (salvage=True leaves the files as they are: they may be wanted for inspection)
             try:
-                self._compact_locked()
+                self._drop_settled()
+                if self._mostly_dead():
+                    self._compact_locked()
             except OSError as exc:
                 raise StorageError(f"{self.path}: compaction after replay failed: {exc}") from exc
 
@@ -223,7 +234,18 @@ class FileStorage(Storage, GroupCommit):
         return StorageError(f"{self.path}: {what}: {exc}; the storage must be reopened")
 
     def _append(self, kind: int, payload: bytes) -> int:
-        """Append one record (the caller holds ``_lock``); return the log position after it."""
+        """Append one record (the caller holds ``_lock``); return the log position after it.
+        Runs the compaction check when one is due, and rolls a full segment."""
+        end = self._write(kind, payload)
+        if self._seg_bytes >= self.segment_size or end >= self._check_at:
+            try:
+                self._roll()
+            except OSError as exc:
+                raise self._fail(exc, "cannot start a new segment") from exc
+        return end
+
+    def _write(self, kind: int, payload: bytes) -> int:
+        """Write one record at the end of the current segment; return the log position after it."""
         data = _log.frame(kind, payload)
         size = len(data)
         try:
@@ -240,13 +262,7 @@ class FileStorage(Storage, GroupCommit):
         self._seg_bytes += size
         self._sizes[self._segment] = self._seg_bytes
         self._written += size
-        end = self._written
-        if self._seg_bytes >= self.segment_size or self._written >= self._check_at:
-            try:
-                self._roll()
-            except OSError as exc:
-                raise self._fail(exc, "cannot start a new segment") from exc
-        return end
+        return self._written
 
     def _pad(self, need: int) -> None:
         """Preallocate: write and sync zeros from the end of the current segment file to at
@@ -304,19 +320,26 @@ class FileStorage(Storage, GroupCommit):
 
     def _roll(self) -> None:
         """A compaction check is due (every quarter segment written) or the current segment is
-        full: compact if the dead bytes reached half a segment, else start the next segment if
-        the current one is full.
+        full: delete the oldest segments whose messages are all settled (:meth:`_drop_settled`),
+        then compact if the dead bytes reached half a segment and waiting longer could break
+        the space bound, else start the next segment if the current one is full.
 
-        Why this rule keeps the directory within 2 x peak live + one segment even while a
-        compaction has the old segments and the new snapshot on disk together: a check that
-        does not compact saw ``total - live < 1/2 segment``; by the next check a quarter segment
-        more was appended (plus the record that crossed the mark), so the segments total less
-        than ``live + 3/4 segment + one record`` when a compaction starts, and its snapshot adds
-        ``live`` again. The last quarter segment is headroom for that record and for
-        :meth:`live_bytes` being an estimate. Checking at every roll only (every full segment)
-        would allow ``2 x live + 2 segments``. The price is write amplification when live
-        exceeds a segment: each compaction rewrites all live bytes to reclaim half a segment or
-        more, so about ``2 x live / segment_size`` bytes are rewritten per byte appended.
+        The bound: the directory stays within 2 x peak live + one segment even while a
+        compaction has the old segments and the new snapshot on disk together. ``peak`` is the
+        largest live size seen at a check since the last compaction. A check compacts when
+        ``total - live >= segment / 2`` and ``total + live >= 2 x peak + segment / 2``, so one
+        that does not saw ``total + live < 2 x peak + segment / 2`` (the first condition
+        failing implies it, as ``live <= peak``). By the next check at most a quarter segment
+        more was appended (plus the record that crossed the mark), so a compaction starts with
+        the segments and its snapshot together below ``2 x peak + 3/4 segment + one record``;
+        the last quarter segment is headroom for that record and for :meth:`live_bytes` being
+        an estimate. While the live set is steady (``live == peak``) the rule is "compact at
+        half a segment dead"; while it shrinks (a backlog draining), it waits, and the drained
+        segments are deleted instead, without rewriting anything. Checking only when a segment
+        fills would allow ``2 x live + 2 segments``. The price, for a steady live set larger
+        than a segment whose oldest segments do not empty, is write amplification: each
+        compaction rewrites all live bytes to reclaim half a segment or more, about
+        ``2 x live / segment_size`` bytes rewritten per byte appended.
         """
         if self._closed:
             # Only close() appends now: its clean-shutdown record must stay the log's last. A
@@ -325,13 +348,22 @@ class FileStorage(Storage, GroupCommit):
             return
         step = max(self.segment_size // 4, 1)
         self._check_at = self._written + step
+        self._drop_settled()
         live = self.live_bytes()
         total = sum(self._sizes.values())
-        if total - live >= self.segment_size // 2:
+        self._peak_live = max(self._peak_live, live)
+        half = self.segment_size // 2
+        if total - live >= half and total + live >= 2 * self._peak_live + half:
             self._compact_locked()
             return
         if self._seg_bytes < self.segment_size:
             return
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        """Roll: create the next segment and write its ``SEGMENT_START`` record (the counters,
+        every queue's settings and dedup entries as they are now), synced with its header under
+        durability "full", so that replay can begin there once older segments are deleted."""
         number = self._segment + 1
         self._unpad()
         fd = self._create_segment(number)
@@ -339,13 +371,47 @@ class FileStorage(Storage, GroupCommit):
         self._segment = number
         self._seg_bytes = self._zeroed = _log.HEADER_SIZE
         self._sizes[number] = self._seg_bytes
+        self._versions[number] = _log.VERSION
         self._written += _log.HEADER_SIZE
         self._check_at += _log.HEADER_SIZE
+        index = self._index
+        queues = [(queue.spec, dedup_entries(queue)) for queue in index.queues.values()]
+        self._write(_log.SEGMENT_START, _log.encode_segment_start(index.last_id, index.last_token, queues))
+        self._starts[number] = index.last_id
         if self._full:
+            os.fdatasync(fd)
             with self._sync_mutex:
                 self._synced = max(self._synced, self._written)
                 if not self._syncing:
                     self._release_covered()
+
+    def _drop_settled(self) -> None:
+        """Delete the oldest segments while every message put in them is settled.
+
+        Segment N can go once the segment after it starts with a ``SEGMENT_START`` (or is a
+        snapshot) that says the last id given before it, and no message held has an id at or
+        below that: replay then begins at N + 1, skipping what later records say of those
+        settled messages. A FIFO queue's oldest segments empty first, so a backlog draining
+        frees them one by one without rewriting anything; a long-lived message pins its segment
+        until compaction (:meth:`_roll`) carries it forward."""
+        if len(self._sizes) < 2:
+            return
+        low = self._index.min_live_id()
+        dropped = False
+        while len(self._sizes) > 1:
+            oldest = min(self._sizes)
+            start = self._starts.get(oldest + 1)
+            if start is None or oldest + 1 not in self._sizes or (low is not None and low <= start):
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._file(oldest))
+            del self._sizes[oldest]
+            self._starts.pop(oldest, None)
+            self._versions.pop(oldest, None)
+            self.segments_dropped += 1
+            dropped = True
+        if dropped and self._full:
+            _log.sync_directory(self.path)
 
     # -- compaction --------------------------------------------------------------------------
 
@@ -415,6 +481,9 @@ class FileStorage(Storage, GroupCommit):
         self._segment = number
         self._seg_bytes = self._zeroed = size
         self._sizes = {number: size}
+        self._starts = {number: self._index.last_id}
+        self._versions = {number: _log.VERSION}
+        self._peak_live = size
         self._check_at = self._written + max(self.segment_size // 4, 1)
         for gone in old:
             with contextlib.suppress(FileNotFoundError):
@@ -543,12 +612,12 @@ class FileStorage(Storage, GroupCommit):
             self._usable()
             self._tick(queue, now)
             self._tick(self._index.queue(queue).spec.dead_letter_queue, now)
-            moved = self._index.redrive(queue, now, max_messages)
+            moved = self._index.redrive_moving(queue, now, max_messages)
             if not moved:
                 return 0
             end = self._append(_log.REDRIVE, _log.encode_redrive(queue, now, max_messages, moved))
         self._commit(end)
-        return moved
+        return len(moved)
 
     def purge(self, queue: str, now: float) -> int:
         with self._gather, self._lock:
@@ -600,6 +669,10 @@ class FileStorage(Storage, GroupCommit):
             self._closed = True
             try:
                 if self._failed is None and self._fd >= 0:
+                    try:
+                        self._drop_settled()
+                    except OSError as exc:
+                        raise self._fail(exc, "deleting settled segments at close failed") from exc
                     if self._mostly_dead():
                         try:
                             self._compact_locked()
