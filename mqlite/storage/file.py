@@ -61,11 +61,13 @@ class FileStorage(Storage, GroupCommit):
     survives a killed process, not an OS crash or power loss.
 
     ``segment_size``: the log rolls over to a new segment file past this size. Every quarter
-    segment written, if the log holds half a segment of dead bytes or more, the live state is
+    segment written, the oldest segments whose messages are all settled are deleted (a FIFO
+    backlog draining frees them one after the other, rewriting nothing); then, if the log holds
+    half a segment of dead bytes or more and the live set is at its peak, the live state is
     rewritten as a snapshot segment and the older segments are deleted: the directory stays
-    within 2 x its peak live size + one segment, even during a compaction. With a live set
-    larger than a segment, compaction rewrites about ``2 x live / segment_size`` bytes per byte
-    appended, so choose a segment at least as large as the live set. :meth:`close` and opening
+    within 2 x its peak live size + one segment, even during a compaction. With a steady live
+    set larger than a segment, compaction rewrites about ``2 x live / segment_size`` bytes per
+    byte appended, so choose a segment at least as large as the live set. :meth:`close` and opening
     (for a process that died before closing) compact a log that holds at least as many dead
     bytes as live ones, so a drained queue gives its space back. ``salvage=True`` skips corrupt
     records (logging each) instead of raising :class:`~mqlite.CorruptStorage`.
