@@ -54,9 +54,11 @@ class FileStorageBigSegmentsConformance(_FileConformance):
 
 
 def _never_compacting(storage: FileStorage) -> FileStorage:
-    """Space comes back only by deleting settled segments: replay then begins at a segment
-    start, skipping records of messages put in deleted segments."""
+    """Space comes back only by deleting segments, carrying their live messages forward at
+    every check: replay then begins at a segment start, skipping records of messages put in
+    deleted segments and taking carried messages back."""
     storage.live_bytes = lambda: sum(storage._sizes.values())  # type: ignore[method-assign]
+    storage._carry_always = True
     return storage
 
 
@@ -131,5 +133,32 @@ def test_counterexample_a_lease_kept_by_a_clean_close_whose_record_was_compacted
         for step in steps:
             step()
             machine.same_observables()
+    finally:
+        machine.teardown()
+
+
+def test_counterexample_a_carry_made_inside_a_tick_shows_the_state_after_it():
+    """Found at 5,000 examples: a compaction check ran inside the TICK record's append, before
+    time was applied to the index, so the CARRY written there recorded a lease that had already
+    ended; replay then kept the message in flight after its ack in the dead-letter queue."""
+    machine = FileStorageSegmentDropConformance()
+    try:
+        machine.open_queues(a=1, b=None, b_dead_letter="", dead=1)
+        machine.put_one(dt=0.0, edge=None, option=(0, "g1", None, None, 0.0), queue="a")
+        plain = (0, None, None, None, 0.0)
+        machine.put_many(dt=0.0, maxsize=0, options=[plain, plain, (0, None, None, {"h": "2"}, 0.0)], queue="a")
+        machine.lease(dt=0.0, n=1, queue="a", seconds=0.5)
+        held = machine.lease(dt=0.0, n=3, queue="a", seconds=0.5)
+        machine.put_one(dt=0.0, edge=None, option=plain, queue="a.dead")
+        machine.settle(amount=0.0, dt=0.0, held=[held.values[2]], text=None, verb="release")
+        machine.drain()
+        machine.reopen()
+        machine.same_observables()
+        machine.put_one(dt=0.0, edge=None, option=plain, queue="a")
+        machine.lease(dt=0.0, n=1, queue="a", seconds=0.5)
+        machine.drain()
+        machine.same_observables()
+        machine.reopen()
+        machine.same_observables()
     finally:
         machine.teardown()

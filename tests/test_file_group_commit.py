@@ -105,8 +105,9 @@ def test_a_failed_fdatasync_fails_the_leader_and_every_waiter(tmp_path, monkeypa
 
 
 def test_many_threads_through_segment_rolls_and_compactions_all_return(tmp_path):
-    """Puts and acks from many threads while tiny segments roll and compact (which sync and
-    switch files under the group commit): every call returns and every message is accounted for."""
+    """Puts and acks from many threads while tiny segments roll, compact and go (which sync and
+    switch or delete files under the group commit): every call returns and every message is
+    accounted for."""
     directory = str(tmp_path / "mq")
     storage = FileStorage(directory, durability="full", segment_size=4096)
     storage.open_queue(QueueSpec("q"))
@@ -129,15 +130,25 @@ def test_many_threads_through_segment_rolls_and_compactions_all_return(tmp_path)
         except BaseException as exc:
             failures.append(exc)
 
+    def compact() -> None:
+        try:
+            for _ in range(5):
+                storage.compact()
+                storage.lease("q", 0, T0, 30.0)  # let the others run between compactions
+        except BaseException as exc:
+            failures.append(exc)
+
     threads = [threading.Thread(target=produce, args=(n,)) for n in range(6)]
     threads += [threading.Thread(target=consume) for _ in range(2)]
+    threads.append(threading.Thread(target=compact))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert not any(thread.is_alive() for thread in threads), "a call never returned"
     assert failures == []
-    assert storage.compactions > 0
+    assert storage.compactions >= 5
+    assert storage.segments_dropped > 0  # old segments went by themselves too (settled or carried)
     left = storage.counts("q", T0)
     storage.close()
     assert left[0] + left[2] == 900 - len(acked)

@@ -226,3 +226,36 @@ def test_a_version_1_log_opens_and_goes_on_in_version_2_segments(tmp_path, fixtu
     reopened = FileStorage(directory, durability="normal")
     assert observed(reopened) == after
     reopened.close()
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_draining_backlog_carries_its_stragglers_instead_of_compacting(tmp_path, durability):
+    """A backlog drains while a few of its messages stay in flight: each oldest segment goes
+    once those few are carried forward, and a reopen (after a crash and after a clean close)
+    shows what the storage held."""
+    rng = random.Random(7)
+    directory = str(tmp_path / "log")
+    storage = FileStorage(directory, durability=durability, segment_size=16 << 10)
+    storage.open_queue(QueueSpec("q", max_attempts=None))
+    now = T0
+    for n in range(2_000):
+        storage.put("q", [Envelope(b"message %05d " % n + bytes(60), group=rng.choice((None, None, None, "g")))], now)
+    while True:
+        now += 0.01
+        taken = storage.lease("q", 10, now, 30.0)
+        if not taken:
+            break
+        storage.ack("q", [(m.id, m.token) for m in taken if rng.random() > 0.02], now)  # the rest stay in flight
+    assert storage.carries > 0  # space was due while the oldest segment held stragglers
+    assert storage.segments_dropped > 0
+    assert storage.compactions == 0
+    expected = _observed(storage, now, ["q"])
+    crashed = _crash_copy(storage, str(tmp_path / "crashed"))
+    storage.close()
+    reopened = FileStorage(crashed, durability="normal")
+    after_crash = _observed(reopened, now, ["q"])
+    assert [m[:6] for m in after_crash["q"][0]] == [m[:6] for m in expected["q"][0]]
+    reopened.close()
+    clean = FileStorage(directory, durability="normal")
+    assert _observed(clean, now, ["q"]) == expected
+    clean.close()

@@ -48,12 +48,13 @@ TICK: Final = 11
 CLOSE: Final = 12
 RECOVER: Final = 13
 SEGMENT_START: Final = 14
+CARRY: Final = 15
 SNAP_BEGIN: Final = 20
 SNAP_QUEUE: Final = 21
 SNAP_MSG: Final = 22
 SNAP_END: Final = 23
 TYPES: Final = frozenset(
-    (SPEC, PUT, LEASE, ACK, NACK, RELEASE, REJECT, EXTEND, REDRIVE, PURGE, TICK, CLOSE, RECOVER, SEGMENT_START)
+    (SPEC, PUT, LEASE, ACK, NACK, RELEASE, REJECT, EXTEND, REDRIVE, PURGE, TICK, CLOSE, RECOVER, SEGMENT_START, CARRY)
 ) | frozenset((SNAP_BEGIN, SNAP_QUEUE, SNAP_MSG, SNAP_END))
 NAMES: Final = {
     SPEC: "SPEC",
@@ -70,6 +71,7 @@ NAMES: Final = {
     CLOSE: "CLOSE",
     RECOVER: "RECOVER",
     SEGMENT_START: "SEGMENT_START",
+    CARRY: "CARRY",
     SNAP_BEGIN: "SNAP_BEGIN",
     SNAP_QUEUE: "SNAP_QUEUE",
     SNAP_MSG: "SNAP_MSG",
@@ -661,3 +663,14 @@ def encode_snap_end(messages: int, queues: int) -> bytes:
 def decode_snap_end(buf: Buf) -> tuple[int, int]:
     messages, queues = _SNAP_END.unpack_from(buf, 0)
     return messages, queues
+
+
+def encode_carry(queue: str, messages: Sequence[SnapMsg]) -> bytes:
+    """A CARRY record (version 2): messages of ``queue`` in their full current state, as a
+    ``SNAP_MSG`` batch, written at the head so that the segment holding their puts can go."""
+    return pack_name(queue) + encode_snap_msgs(messages)
+
+
+def decode_carry(buf: Buf) -> tuple[str, Iterator[SnapTuple]]:
+    queue, pos = unpack_str(buf, 0)
+    return queue, decode_snap_msgs(buf[pos:])

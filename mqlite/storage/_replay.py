@@ -101,6 +101,7 @@ class Replayer:
         self.replayed_records = 0
         self.versions: dict[int, int] = {}
         self.starts: dict[int, int] = {}
+        self.carried: dict[int, int] = {}  # message id -> the segment of its latest CARRY
         # Ids up to base_id were given in segments deleted since: records may name them, and
         # replay skips them (0: the log is complete, so every id a record names must be known).
         self.base_id = 0
@@ -461,6 +462,28 @@ class Replayer:
             due = min(due, target.in_flight[0][0])
         return target, name, due
 
+    def _carry(self, index: Index, queue: str, messages: Iterator[_log.SnapTuple]) -> None:
+        """Apply a ``CARRY``: a message put in a deleted segment comes back in the state it
+        records; one the log still holds must already be in exactly that state."""
+        target = index.queue(queue)
+        for item in messages:
+            mid = item[0]
+            entry = target.entries.get(mid)
+            if entry is None:
+                if mid > self.base_id:
+                    raise _Diverged(f"carried message {mid}, which the log never put")
+                restore_messages(target, [item])
+            else:
+                state, deadline, enqueued_at, attempts, token, priority, group, headers, body = item[1:]
+                held = (entry.state, entry.enqueued_at, entry.attempts, entry.token, entry.priority, entry.group)
+                if held != (state, enqueued_at, attempts, token, priority, group) or entry.body != body:
+                    raise _Diverged(f"carried message {mid} differs from the one replayed")
+                if state != READY and entry.deadline != deadline:
+                    raise _Diverged(f"carried message {mid} has another deadline than the one replayed")
+                if dict(entry.headers) != dict(headers or {}):
+                    raise _Diverged(f"carried message {mid} has other headers than the one replayed")
+            self.carried[mid] = self._segment
+
     def _check_known(self, unknown: list[int], what: str) -> None:
         """Ids a record names must be known, except those given in deleted segments."""
         for mid in unknown:
@@ -568,6 +591,9 @@ class Replayer:
         elif kind == _log.PURGE:
             now, removed, queue = _log.decode_purge(data)
             self._check_count("purge removed", index.purge(queue, now), removed)
+        elif kind == _log.CARRY:
+            queue, items = _log.decode_carry(data)
+            self._carry(index, queue, items)
         elif kind == _log.SEGMENT_START:
             start = _log.decode_segment_start(data)
             if not index.queues and not index.last_id and not index.last_token:
@@ -592,6 +618,7 @@ class Replayer:
             last_id, last_token, _queues = _log.decode_snap_begin(data)
             self.starts[self._segment] = last_id
             self.base_id = 0  # a snapshot holds every message: nothing before it is named again
+            self.carried = {}
             self.index = Index()
             self.index.last_id, self.index.last_token = last_id, last_token
             self._snap_queue = None

@@ -98,7 +98,9 @@ def restore_messages(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> i
     order); return how many there were (replay checks the total against ``SNAP_END``).
 
     A ready message without a group goes straight into ``entries`` and its priority's eligible
-    heap (ids arrive in increasing order, so appending keeps the heap a heap). Any other message
+    heap, appended: a snapshot's ids arrive in increasing order into empty heaps, which keeps
+    them heaps; a carried message can land in a heap holding larger ids, which is then
+    heapified. Any other message
     goes through ``adopt``, which does the group bookkeeping, and then leaves ready for its state
     (delayed or in flight) as the index itself would move it.
     """
@@ -122,8 +124,8 @@ def restore_messages(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> i
                     queue.levels.append(priority)
                     queue.levels.sort(reverse=True)
                 heap, last_priority = found, priority
-            if heap and heap[-1] > mid:
-                fresh[priority] = heap
+            if heap and heap[(len(heap) - 1) // 2] > mid:
+                fresh[priority] = heap  # the new leaf's parent is larger: heapify at the end
             heap.append(mid)
             continue
         queue.n_ready += n_ready

@@ -122,9 +122,12 @@ class FileStorage(Storage, GroupCommit):
         self._closed = False
         self._starts: dict[int, int] = {}  # segment -> the last id given before it (see _drop_settled)
         self._versions: dict[int, int] = {}  # segment -> its format version
+        self._carried: dict[int, int] = {}  # message id -> the segment its latest CARRY is in
+        self._carry_always = False  # tests: carry whenever it lets the oldest segment go
         self.replayed_records = 0
         self.compactions = 0
         self.segments_dropped = 0
+        self.carries = 0  # messages carried forward so that their segment could be deleted
         self._peak_live = 0  # the largest live_bytes() seen at a compaction check since the last compaction
         self._lock_fd = self._take_lock()
         try:
@@ -191,6 +194,7 @@ class FileStorage(Storage, GroupCommit):
         self.replayed_records = replayer.replayed_records
         self._starts = dict(replayer.starts)
         self._versions = dict(replayer.versions)
+        self._carried = dict(replayer.carried)
         if segments:
             self._segment = segments[-1]
             self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
@@ -355,9 +359,16 @@ class FileStorage(Storage, GroupCommit):
         total = sum(self._sizes.values())
         self._peak_live = max(self._peak_live, live)
         half = self.segment_size // 2
-        if total - live >= half and total + live >= 2 * self._peak_live + half:
-            self._compact_locked()
-            return
+        if self._carry_always or (total - live >= half and total + live >= 2 * self._peak_live + half):
+            # Space is due back: first carry the few live messages of the oldest segments
+            # forward, when that rewrites less than compaction would (all of ``live``).
+            while self._carry_oldest(live):
+                total = sum(self._sizes.values())
+                if not self._carry_always and not (total - live >= half and total + live >= 2 * self._peak_live + half):
+                    break
+            if total - live >= half and total + live >= 2 * self._peak_live + half:
+                self._compact_locked()
+                return
         if self._seg_bytes < self.segment_size:
             return
         self._start_segment()
@@ -386,6 +397,67 @@ class FileStorage(Storage, GroupCommit):
                 self._synced = max(self._synced, self._written)
                 if not self._syncing:
                     self._release_covered()
+
+    def _carry_oldest(self, live: int) -> bool:
+        """Carry the live messages put in the oldest segment (and not carried past it) forward
+        as ``CARRY`` records, then delete that segment; return whether it was deleted.
+
+        Done only if the messages carried take less than the segment (space comes back) and at
+        most ``live`` bytes (less than compaction writes, which also bounds the moment both are
+        on disk by compaction's own). The records are synced (durability "full") before the
+        segment goes, and a message carried once is not carried again until the segment
+        holding its ``CARRY`` is the oldest."""
+        if len(self._sizes) < 2:
+            return False
+        oldest = min(self._sizes)
+        start = self._starts.get(oldest + 1)
+        if start is None or oldest + 1 not in self._sizes:
+            return False
+        carried = self._carried
+        pinned: dict[str, list[_log.SnapMsg]] = {}
+        cost = 0
+        for name, queue in self._index.queues.items():
+            for mid, e in queue.entries.items():
+                if mid <= start and carried.get(mid, 0) <= oldest:
+                    body = e.body
+                    assert isinstance(body, bytes)
+                    snap = _log.SnapMsg(
+                        mid,
+                        e.state,
+                        e.deadline,
+                        e.enqueued_at,
+                        e.attempts,
+                        e.token,
+                        e.priority,
+                        e.group,
+                        e.headers,
+                        body,
+                    )
+                    pinned.setdefault(name, []).append(snap)
+                    cost += 48 + len(body)
+        if not self._carry_always and (cost >= self._sizes[oldest] or cost > live):
+            return False
+        head = self._segment
+        for name, messages in pinned.items():
+            messages.sort()
+            for at in range(0, len(messages), _log.SNAP_BATCH):
+                batch = messages[at : at + _log.SNAP_BATCH]
+                self._write(_log.CARRY, _log.encode_carry(name, batch))
+                for message in batch:
+                    carried[message.id] = head
+                self.carries += len(batch)
+        if pinned and self._full:
+            os.fdatasync(self._fd)  # the carried state is on disk before its old segment goes
+        os.unlink(self._file(oldest))
+        if self._full:
+            _log.sync_directory(self.path)
+        del self._sizes[oldest]
+        self._starts.pop(oldest, None)
+        self._versions.pop(oldest, None)
+        self.segments_dropped += 1
+        for mid in [mid for mid, where in carried.items() if where <= oldest]:
+            del carried[mid]  # settled since (a live one would have been carried again)
+        return True
 
     def _drop_settled(self) -> None:
         """Delete the oldest segments while every message put in them is settled.
@@ -485,6 +557,7 @@ class FileStorage(Storage, GroupCommit):
         self._sizes = {number: size}
         self._starts = {number: self._index.last_id}
         self._versions = {number: _log.VERSION}
+        self._carried = {}
         self._peak_live = size
         self._check_at = self._written + max(self.segment_size // 4, 1)
         for gone in old:
@@ -502,6 +575,9 @@ class FileStorage(Storage, GroupCommit):
         if index is not None and (index.delayed or index.in_flight):
             wakeup = index.next_wakeup()
             if wakeup is not None and wakeup <= now:
+                # Apply time first: the append can run a compaction check, whose snapshot or
+                # CARRY records must show the state as of this point in the log.
+                self._index.touch(queue, now)
                 self._append(_log.TICK, _log.encode_tick(queue, now))
 
     def open_queue(self, spec: QueueSpec) -> None:
