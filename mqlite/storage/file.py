@@ -128,6 +128,7 @@ class FileStorage(Storage, GroupCommit):
         self.compactions = 0
         self.segments_dropped = 0
         self.carries = 0  # messages carried forward so that their segment could be deleted
+        self.carried_bytes = 0  # bytes of CARRY records written
         self._peak_live = 0  # the largest live_bytes() seen at a compaction check since the last compaction
         self._lock_fd = self._take_lock()
         try:
@@ -442,7 +443,9 @@ class FileStorage(Storage, GroupCommit):
             messages.sort()
             for at in range(0, len(messages), _log.SNAP_BATCH):
                 batch = messages[at : at + _log.SNAP_BATCH]
+                before = self._written
                 self._write(_log.CARRY, _log.encode_carry(name, batch))
+                self.carried_bytes += self._written - before
                 for message in batch:
                     carried[message.id] = head
                 self.carries += len(batch)
