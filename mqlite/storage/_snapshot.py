@@ -18,7 +18,7 @@ from . import _log
 from ._index import DELAYED, IN_FLIGHT, READY, Entry, Index, QueueIndex
 from .base import QueueSpec
 
-__all__ = ["restore_messages", "snapshot_records", "snapshot_size"]
+__all__ = ["dedup_entries", "restore_messages", "snap_msg", "snapshot_records", "snapshot_size"]
 
 _ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
 _BODY: Final = operator.attrgetter("body")
@@ -67,23 +67,7 @@ def snapshot_records(index: Index) -> Iterator[bytes]:
         entries = queue.entries
         batch: list[_log.SnapMsg] = []
         for mid in sorted(entries):
-            e = entries[mid]
-            body = e.body
-            assert isinstance(body, bytes)
-            batch.append(
-                _log.SnapMsg(
-                    mid,
-                    e.state,
-                    e.deadline,
-                    e.enqueued_at,
-                    e.attempts,
-                    e.token,
-                    e.priority,
-                    e.group,
-                    e.headers,
-                    body,
-                )
-            )
+            batch.append(snap_msg(mid, entries[mid]))
             if len(batch) >= _log.SNAP_BATCH:
                 yield frame(_log.SNAP_MSG, _log.encode_snap_msgs(batch))
                 batch = []
@@ -91,6 +75,15 @@ def snapshot_records(index: Index) -> Iterator[bytes]:
             yield frame(_log.SNAP_MSG, _log.encode_snap_msgs(batch))
         total += len(entries)
     yield frame(_log.SNAP_END, _log.encode_snap_end(total, len(queues)))
+
+
+def snap_msg(mid: int, e: Entry) -> _log.SnapMsg:
+    """Message ``mid`` in its full state, as snapshots and ``CARRY`` records write it."""
+    body = e.body
+    assert isinstance(body, bytes)
+    return _log.SnapMsg(
+        mid, e.state, e.deadline, e.enqueued_at, e.attempts, e.token, e.priority, e.group, e.headers, body
+    )
 
 
 def restore_messages(queue: QueueIndex, messages: Iterable[_log.SnapTuple]) -> int:

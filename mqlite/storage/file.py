@@ -29,7 +29,7 @@ from . import _log
 from ._group_commit import GroupCommit
 from ._index import Index
 from ._replay import Replayer, expire_leases
-from ._snapshot import dedup_entries, snapshot_records, snapshot_size
+from ._snapshot import dedup_entries, snap_msg, snapshot_records, snapshot_size
 from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
@@ -420,22 +420,9 @@ class FileStorage(Storage, GroupCommit):
         for name, queue in self._index.queues.items():
             for mid, e in queue.entries.items():
                 if mid <= start and carried.get(mid, 0) <= oldest:
-                    body = e.body
-                    assert isinstance(body, bytes)
-                    snap = _log.SnapMsg(
-                        mid,
-                        e.state,
-                        e.deadline,
-                        e.enqueued_at,
-                        e.attempts,
-                        e.token,
-                        e.priority,
-                        e.group,
-                        e.headers,
-                        body,
-                    )
+                    snap = snap_msg(mid, e)
                     pinned.setdefault(name, []).append(snap)
-                    cost += 48 + len(body)
+                    cost += 48 + len(snap.body)
         if not self._carry_always and (cost >= self._sizes[oldest] or cost > live):
             return False
         head = self._segment
