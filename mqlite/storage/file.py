@@ -438,13 +438,9 @@ class FileStorage(Storage, GroupCommit):
                 self.carries += len(batch)
         if pinned and self._full:
             os.fdatasync(self._fd)  # the carried state is on disk before its old segment goes
-        os.unlink(self._file(oldest))
+        self._delete_segment(oldest)
         if self._full:
             _log.sync_directory(self.path)
-        del self._sizes[oldest]
-        self._starts.pop(oldest, None)
-        self._versions.pop(oldest, None)
-        self.segments_dropped += 1
         for mid in [mid for mid, where in carried.items() if where <= oldest]:
             del carried[mid]  # settled since (a live one would have been carried again)
         return True
@@ -467,15 +463,19 @@ class FileStorage(Storage, GroupCommit):
             start = self._starts.get(oldest + 1)
             if start is None or oldest + 1 not in self._sizes or (low is not None and low <= start):
                 break
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._file(oldest))
-            del self._sizes[oldest]
-            self._starts.pop(oldest, None)
-            self._versions.pop(oldest, None)
-            self.segments_dropped += 1
+            self._delete_segment(oldest)
             dropped = True
         if dropped and self._full:
             _log.sync_directory(self.path)
+
+    def _delete_segment(self, number: int) -> None:
+        """Delete segment ``number`` (the oldest) and forget it; the caller syncs the directory."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(number))
+        del self._sizes[number]
+        self._starts.pop(number, None)
+        self._versions.pop(number, None)
+        self.segments_dropped += 1
 
     # -- compaction --------------------------------------------------------------------------
 
