@@ -357,22 +357,25 @@ class FileStorage(Storage, GroupCommit):
         self._check_at = self._written + step
         self._drop_settled()
         live = self.live_bytes()
-        total = sum(self._sizes.values())
         self._peak_live = max(self._peak_live, live)
-        half = self.segment_size // 2
-        if self._carry_always or (total - live >= half and total + live >= 2 * self._peak_live + half):
+        if self._carry_always or self._space_due(live):
             # Space is due back: first carry the few live messages of the oldest segments
             # forward, when that rewrites less than compaction would (all of ``live``).
-            while self._carry_oldest(live):
-                total = sum(self._sizes.values())
-                if not self._carry_always and not (total - live >= half and total + live >= 2 * self._peak_live + half):
-                    break
-            if total - live >= half and total + live >= 2 * self._peak_live + half:
+            while self._carry_oldest(live) and (self._carry_always or self._space_due(live)):
+                pass
+            if self._space_due(live):
                 self._compact_locked()
                 return
         if self._seg_bytes < self.segment_size:
             return
         self._start_segment()
+
+    def _space_due(self, live: int) -> bool:
+        """The compaction rule of :meth:`_roll`: half a segment dead, and waiting longer could
+        break the space bound."""
+        total = sum(self._sizes.values())
+        half = self.segment_size // 2
+        return total - live >= half and total + live >= 2 * self._peak_live + half
 
     def _start_segment(self) -> None:
         """Roll: create the next segment and write its ``SEGMENT_START`` record (the counters,
