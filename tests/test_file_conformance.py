@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 from hypothesis import settings
-from hypothesis.stateful import rule
+from hypothesis.stateful import invariant, rule
 
 from mqlite.storage import Storage
 from mqlite.storage.file import Durability, FileStorage
@@ -88,6 +88,13 @@ class FileStorageFullConformance(_FileConformance):
 
     storage_factory = staticmethod(lambda: _new(2048, "full"))
     reopen_storage = staticmethod(_reopen)
+
+    @invariant()
+    def nothing_left_in_memory(self) -> None:
+        """Records wait in memory only for a sync that their caller waits for: once a call has
+        returned, every record is in the file (a killed process loses none)."""
+        assert isinstance(self.storage, FileStorage)
+        assert not self.storage._out, f"{len(self.storage._out)} records still in memory after a call returned"
 
 
 TestFileStorageConformance = FileStorageConformance.TestCase

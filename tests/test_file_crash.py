@@ -1,6 +1,6 @@
 """FileStorage under SIGKILL: a child process puts and acks in a loop and is killed at random
-moments; after each kill every put that returned and was not acked is there, with its body, and
-no ack that returned is undone."""
+moments; after each kill every put that returned and was not acked is there, with its body, no
+ack that returned is undone, and every lease that returned still counts as an attempt."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ CHILD = textwrap.dedent(
         note("P %d %s" % (mid, body.decode()))
         if rng.random() < 0.6:
             for message in storage.lease("q", rng.randint(1, 3), time.time(), 30.0):
+                note("L %d" % message.id)
                 if rng.random() < 0.8:
                     note("a %d" % message.id)
                     storage.ack("q", [(message.id, message.token)], time.time())
@@ -80,11 +81,12 @@ def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_
     directory = str(tmp_path / "mq")
     returned: dict[int, bytes] = {}  # put returned: id -> body
     acked: set[int] = set()  # ack returned
+    leased: dict[int, int] = {}  # id -> how many leases of it returned
     ack_started: set[int] = set()
     bodies_started: set[bytes] = set()
     kills = 24
     for round_number in range(kills):
-        durability = "full" if round_number % 4 == 0 else "normal"
+        durability = "full" if round_number % 2 == 0 else "normal"
         lines = _run_child(directory, durability, round_number, rng.randint(1, 400))
         for line in lines:
             kind, _, rest = line.partition(" ")
@@ -97,6 +99,8 @@ def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_
                 ack_started.add(int(rest))
             elif kind == "A":
                 acked.add(int(rest))
+            elif kind == "L":
+                leased[int(rest)] = leased.get(int(rest), 0) + 1
         storage = FileStorage(directory)
         try:
             storage.open_queue(QueueSpec("q", None))
@@ -111,10 +115,12 @@ def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_
                 if mid in returned:
                     assert message.body == returned[mid], f"round {round_number}: {mid} has the wrong body"
                 assert message.lease_expires_at is None, "leases of the killed process must have ended"
+                assert message.attempts >= leased.get(mid, 0), f"round {round_number}: {mid} lost a lease's attempt"
         finally:
             storage.close()
     assert len(returned) > kills, "the children made too little progress to test anything"
     assert acked, "no ack ever returned"
+    assert any(mid not in acked for mid in leased), "no lease of a message left unacked returned"
     print(f"{kills} kills: {len(returned)} puts returned, {len(acked)} acks returned")
 
 

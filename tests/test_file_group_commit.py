@@ -61,6 +61,69 @@ def test_a_sync_waits_for_a_caller_about_to_append(tmp_path, monkeypatch):
     storage.close()
 
 
+def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeypatch):
+    """Under "full", a synced call's record waits in memory for the sync's leader, who writes
+    every record waiting in one ``pwrite`` (not one write per caller, each releasing the GIL
+    with the storage's lock held). The first sync is held until all eight puts appended: the
+    eight records reach the file in at most two writes (the first leader's own, and the rest),
+    and each put returns only after a sync covered it."""
+    storage = FileStorage(str(tmp_path / "mq"), durability="full")
+    storage.open_queue(QueueSpec("q"))
+    appended = threading.Condition()
+    puts: list[int] = []
+    real_append = storage._append
+
+    def counting_append(kind: int, payload: bytes) -> int:
+        end = real_append(kind, payload)
+        with appended:
+            puts.append(end)
+            appended.notify_all()
+        return end
+
+    real_sync = os.fdatasync
+    synced: list[int] = []
+
+    def first_sync_waits(fd: int) -> None:
+        if not synced:
+            with appended:
+                assert appended.wait_for(lambda: len(puts) == 8, timeout=60)
+        real_sync(fd)
+        synced.append(storage._flushed)
+
+    real_pwrite = os.pwrite
+    record_writes: list[bytes] = []
+
+    def counting_pwrite(fd: int, data: bytes, offset: int) -> int:
+        if bytes(data).strip(b"\0"):  # not the zeros written ahead of the records
+            record_writes.append(bytes(data))
+        return real_pwrite(fd, data, offset)
+
+    returned: list[int] = []
+
+    def put(n: int) -> None:
+        storage.put("q", [Envelope(b"body-%d" % n)], T0)
+        returned.append(n)
+
+    monkeypatch.setattr(storage, "_append", counting_append)
+    monkeypatch.setattr(os, "fdatasync", first_sync_waits)
+    monkeypatch.setattr(os, "pwrite", counting_pwrite)
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    monkeypatch.undo()
+    assert len(returned) == 8
+    assert 1 <= len(record_writes) <= 2, f"8 puts took {len(record_writes)} writes"
+    assert sum(data.count(b"body-") for data in record_writes) == 8
+    assert len(synced) <= 2
+    assert max(synced) >= max(puts)
+    storage.close()
+    reopened = FileStorage(str(tmp_path / "mq"))
+    assert sorted(m.body for m in reopened.peek("q", 10, T0)) == sorted(b"body-%d" % n for n in range(8))
+    reopened.close()
+
+
 def test_a_failed_fdatasync_fails_the_leader_and_every_waiter(tmp_path, monkeypatch):
     storage = FileStorage(str(tmp_path / "mq"), durability="full")
     storage.open_queue(QueueSpec("q"))

@@ -1,8 +1,9 @@
 """Group commit for :class:`~mqlite.storage.file.FileStorage`: one ``fdatasync`` for many callers.
 
 With durability "full", a call that changed the state returns only once its record is on disk.
-An ``fdatasync`` costs a millisecond or more, so concurrent callers share one: the first to
-need a sync leads it and syncs everything appended so far, the others wait on private locks
+An ``fdatasync`` costs a tenth of a millisecond (a fast virtual disk) to several, so concurrent
+callers share one: the first to need a sync leads it, writing everything appended so far in one
+write and syncing it; the others wait on private locks
 and are woken as soon as a sync covers their record. This module holds that protocol as the
 :class:`GroupCommit` mixin, so that its state stays on the storage (the storage's lock order,
 its file descriptor and its failure state are shared with the writing side in ``file.py``).
@@ -72,17 +73,22 @@ class GroupCommit:
     """Mixin: make appended records durable with as few ``fdatasync`` calls as the callers allow.
 
     The class that mixes it in provides ``path``, ``_full`` (durability "full"), ``_fd`` (the
-    file appended to), ``_written`` (the log position after the last append) and ``_failed``
-    (the error that made the storage unusable, or None), calls :meth:`_init_group_commit` in
-    its constructor, wraps the part of a synced call that appends in ``with self._gather:`` and
-    calls :meth:`_commit` with the position after its record once it released its own lock.
+    file appended to), :meth:`_flush` (writes the records appended so far to ``_fd``; safe to
+    call without the class's own lock), ``_flushed`` (the log position written so far) and
+    ``_failed`` (the error that made the storage unusable, or None), calls
+    :meth:`_init_group_commit` in its constructor, wraps the part of a synced call that appends
+    in ``with self._gather:`` and calls :meth:`_commit` with the position after its record once
+    it released its own lock.
     """
 
     path: str
     _full: bool
     _fd: int
-    _written: int
+    _flushed: int
     _failed: BaseException | None
+
+    def _flush(self) -> None:
+        raise NotImplementedError
 
     def _init_group_commit(self) -> None:
         """Set up the group-commit state (nothing synced, no sync running)."""
@@ -104,8 +110,9 @@ class GroupCommit:
         shared lock to take again when they wake). Before it syncs, the leader waits until the
         callers already inside a synced call (``_pending``: between entering the call and
         appending its record) have appended, for at most as long as the last sync took, so their
-        records share this sync instead of paying for the next one. It then syncs everything
-        appended so far with ``_sync_mutex`` released (appends go on meanwhile) and wakes every
+        records share this sync instead of paying for the next one. It then writes everything
+        appended so far (:meth:`_flush`, one write for all the records waiting) and syncs it,
+        with ``_sync_mutex`` released (appends go on meanwhile), and wakes every
         waiter the sync covered (:meth:`_release_covered`). If some were not covered, one of
         them is woken to try again: whichever thread reaches ``_commit`` first leads the next
         sync, often a caller that is already running, so no thread wake-up sits between syncs.
@@ -144,16 +151,20 @@ class GroupCommit:
                 finally:
                     mutex.acquire()
                     self._gatherer = None
-            fd, upto = self._fd, self._written
             error: StorageError | None = None
-            if self._failed is not None or fd < 0:
+            upto = 0
+            if self._failed is not None or self._fd < 0:
                 error = StorageError(f"{self!r} could not make the record durable")
             else:
                 mutex.release()
                 try:
+                    self._flush()  # the fd cannot change while this sync runs (see _wait_idle)
+                    fd, upto = self._fd, self._flushed
                     started = time.monotonic()
                     os.fdatasync(fd)
                     self._sync_seconds = min(time.monotonic() - started, _MAX_GATHER)
+                except StorageError as exc:
+                    error = exc
                 except OSError as exc:
                     self._failed = exc
                     error = StorageError(f"{self.path}: fdatasync failed: {exc}; the storage must be reopened")

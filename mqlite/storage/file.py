@@ -116,7 +116,13 @@ class FileStorage(Storage, GroupCommit):
         if self._full and self.preallocate > 0:
             self._prealloc = max(_PAGE, min(self.preallocate, segment_size // 16) // _PAGE * _PAGE)
         self._sizes: dict[int, int] = {}
-        self._written = 0
+        self._written = 0  # the log position after the last record appended (counting from the open)
+        # Durability "full": records wait in _out until a flush writes them to the current
+        # segment at _out_pos; _flushed is the log position written to the OS so far.
+        self._out: list[bytes] = []
+        self._out_pos = 0
+        self._flushed = 0
+        self._flush_lock = threading.Lock()  # serializes flushes (lock order: _lock, then this)
         self._check_at = segment_size // 4  # the log position of the next compaction check
         self._failed: BaseException | None = None
         self._closed = False
@@ -201,6 +207,7 @@ class FileStorage(Storage, GroupCommit):
             self._sizes = {number: os.path.getsize(self._file(number)) for number in segments}
             self._seg_bytes = self._zeroed = self._sizes[self._segment]
             self._fd = os.open(self._file(self._segment), os.O_WRONLY | os.O_CLOEXEC)
+            self._out_pos = self._seg_bytes
             if self._versions.get(self._segment, _log.VERSION) < _log.VERSION:
                 self._start_segment()  # records of this version never go into an older version's segment
         else:
@@ -208,7 +215,7 @@ class FileStorage(Storage, GroupCommit):
             self._segment = 1
             self._sizes = {1: _log.HEADER_SIZE}
             self._versions = {1: _log.VERSION}
-            self._seg_bytes = self._zeroed = _log.HEADER_SIZE
+            self._seg_bytes = self._zeroed = self._out_pos = _log.HEADER_SIZE
         if last_kind not in (0, _log.CLOSE):
             # The process stopped without close(): leases it handed out end now.
             expire_leases(self._index)
@@ -252,24 +259,63 @@ class FileStorage(Storage, GroupCommit):
         return end
 
     def _write(self, kind: int, payload: bytes) -> int:
-        """Write one record at the end of the current segment; return the log position after it."""
+        """Append one record at the end of the current segment; return the log position after it.
+
+        Durability "normal" writes it to the OS at once. Under "full" it waits in ``_out`` for
+        the next :meth:`_flush`: the group commit's leader writes every record waiting in one
+        ``pwrite`` before its ``fdatasync``, and calls that do not wait for a sync flush before
+        they return. One write per sync instead of one per call matters with many threads: each
+        write releases the GIL while the writer holds the storage's lock, and the threads that
+        run meanwhile only queue up on that lock (W7f, 8 producers: ~21k -> ~34k puts/s)."""
         data = _log.frame(kind, payload)
         size = len(data)
+        at = self._seg_bytes
         try:
-            if self._seg_bytes + size > self._zeroed and self._prealloc:
+            if at + size > self._zeroed and self._prealloc:
                 self._pad(size)
-            written = os.pwrite(self._fd, data, self._seg_bytes)
-            if written < size:
-                _log.pwrite_all(self._fd, data[written:], self._seg_bytes + written)
+            if self._full:
+                self._out.append(data)
+            else:
+                written = os.pwrite(self._fd, data, at)
+                if written < size:
+                    _log.pwrite_all(self._fd, data[written:], at + written)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._seg_bytes)
-                self._zeroed = self._seg_bytes
+                os.ftruncate(self._fd, at)
+                self._zeroed = at
             raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
         self._seg_bytes += size
         self._sizes[self._segment] = self._seg_bytes
         self._written += size
         return self._written
+
+    def _flush(self) -> None:
+        """Durability "full": write the records waiting in ``_out`` to the current segment, in
+        one ``pwrite``. Called with the storage's lock held, or without it by the group commit's
+        leader: appends may then go on meanwhile, and they only add to the end of ``_out``."""
+        with self._flush_lock:
+            out = self._out
+            n = len(out)
+            if not n:
+                return
+            data = out[0] if n == 1 else b"".join(out[:n])
+            del out[:n]
+            at = self._out_pos
+            try:
+                _log.pwrite_all(self._fd, data, at)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, at)
+                raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
+            self._out_pos = at + len(data)
+            self._flushed += len(data)
+
+    def _flush_position(self) -> None:
+        """With nothing waiting in ``_out``: the next flush starts at the current end of the
+        current segment (called once a new segment is the one appended to)."""
+        with self._flush_lock:
+            self._out_pos = self._seg_bytes
+            self._flushed = self._written
 
     def _pad(self, need: int) -> None:
         """Preallocate: write and sync zeros from the end of the current segment file to at
@@ -294,7 +340,9 @@ class FileStorage(Storage, GroupCommit):
 
     def _unpad(self) -> None:
         """Cut the current segment file's zero padding off (before it stops being the one
-        appended to, and at close), so that only the segment written last can have any."""
+        appended to, and at close), so that only the segment written last can have any. Flushes
+        first: every record waiting is written below the cut."""
+        self._flush()
         if self._zeroed > self._seg_bytes:
             os.ftruncate(self._fd, self._seg_bytes)
             self._zeroed = self._seg_bytes
@@ -391,11 +439,13 @@ class FileStorage(Storage, GroupCommit):
         self._versions[number] = _log.VERSION
         self._written += _log.HEADER_SIZE
         self._check_at += _log.HEADER_SIZE
+        self._flush_position()
         index = self._index
         queues = [(queue.spec, dedup_entries(queue)) for queue in index.queues.values()]
         self._write(_log.SEGMENT_START, _log.encode_segment_start(index.last_id, index.last_token, queues))
         self._starts[number] = index.last_id
         if self._full:
+            self._flush()
             os.fdatasync(fd)
             with self._sync_mutex:
                 self._synced = max(self._synced, self._written)
@@ -440,6 +490,7 @@ class FileStorage(Storage, GroupCommit):
                     carried[message.id] = head
                 self.carries += len(batch)
         if pinned and self._full:
+            self._flush()
             os.fdatasync(self._fd)  # the carried state is on disk before its old segment goes
         self._delete_segment(oldest)
         if self._full:
@@ -547,6 +598,7 @@ class FileStorage(Storage, GroupCommit):
         self._swap_fd(fd, synced=True)
         self._segment = number
         self._seg_bytes = self._zeroed = size
+        self._flush_position()
         self._sizes = {number: size}
         self._starts = {number: self._index.last_id}
         self._versions = {number: _log.VERSION}
@@ -572,6 +624,8 @@ class FileStorage(Storage, GroupCommit):
                 # CARRY records must show the state as of this point in the log.
                 self._index.touch(queue, now)
                 self._append(_log.TICK, _log.encode_tick(queue, now))
+                if self._full:
+                    self._flush()  # the call may not sync; a tick is rare
 
     def open_queue(self, spec: QueueSpec) -> None:
         _validate.queue_name(spec.name)
@@ -619,6 +673,8 @@ class FileStorage(Storage, GroupCommit):
             taken = self._index.lease(queue, n, now, lease)
             if taken:
                 self._append(_log.LEASE, _log.encode_lease(queue, now, lease, first_token, n, [m.id for m in taken]))
+                if self._full:
+                    self._flush()
         return taken
 
     def _settle(
@@ -631,14 +687,17 @@ class FileStorage(Storage, GroupCommit):
         extra: bytes,
     ) -> list[Outcome]:
         handles = [(int(mid), int(token)) for mid, token in handles]
-        with self._gather if kind in _SYNCED_KINDS else _NO_GATHER, self._lock:
+        synced = kind in _SYNCED_KINDS
+        with self._gather if synced else _NO_GATHER, self._lock:
             self._usable()
             self._tick(queue, now)
             outcomes = call()
             if Outcome.DONE not in outcomes:
                 return outcomes
             end = self._append(kind, _log.encode_settle(queue, now, handles, extra))
-        if kind in _SYNCED_KINDS:
+            if self._full and not synced:
+                self._flush()
+        if synced:
             self._commit(end)
         return outcomes
 
@@ -750,6 +809,7 @@ class FileStorage(Storage, GroupCommit):
                         except OSError as exc:
                             raise self._fail(exc, "compaction at close failed") from exc
                     self._append(_log.CLOSE, b"")
+                    self._flush()
                     with contextlib.suppress(OSError):  # padding left behind is dropped at open
                         self._unpad()
                     with self._sync_mutex:
