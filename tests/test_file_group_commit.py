@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -61,14 +62,9 @@ def test_a_sync_waits_for_a_caller_about_to_append(tmp_path, monkeypatch):
     storage.close()
 
 
-def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeypatch):
-    """Under "full", a synced call's record waits in memory for the sync's leader, who writes
-    every record waiting in one ``pwrite`` (not one write per caller, each releasing the GIL
-    with the storage's lock held). The first sync is held until all eight puts appended: the
-    eight records reach the file in at most two writes (the first leader's own, and the rest),
-    and each put returns only after a sync covered it."""
-    storage = FileStorage(str(tmp_path / "mq"), durability="full")
-    storage.open_queue(QueueSpec("q"))
+def _count_appends(storage: FileStorage, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Condition, list[int]]:
+    """Record the log position after every append in the list returned, notifying the
+    condition returned each time."""
     appended = threading.Condition()
     puts: list[int] = []
     real_append = storage._append
@@ -79,6 +75,29 @@ def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeyp
             puts.append(end)
             appended.notify_all()
         return end
+
+    monkeypatch.setattr(storage, "_append", counting_append)
+    return appended, puts
+
+
+def _run_threads(target: Callable[[int], None], n: int) -> None:
+    """Run ``target(0)`` ... ``target(n - 1)`` in threads of their own and wait for them all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeypatch):
+    """Under "full", a synced call's record waits in memory for the sync's leader, who writes
+    every record waiting in one ``pwrite`` (not one write per caller, each releasing the GIL
+    with the storage's lock held). The first sync is held until all eight puts appended: the
+    eight records reach the file in at most two writes (the first leader's own, and the rest),
+    and each put returns only after a sync covered it."""
+    storage = FileStorage(str(tmp_path / "mq"), durability="full")
+    storage.open_queue(QueueSpec("q"))
+    appended, puts = _count_appends(storage, monkeypatch)
 
     real_sync = os.fdatasync
     synced: list[int] = []
@@ -104,14 +123,9 @@ def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeyp
         storage.put("q", [Envelope(b"body-%d" % n)], T0)
         returned.append(n)
 
-    monkeypatch.setattr(storage, "_append", counting_append)
     monkeypatch.setattr(os, "fdatasync", first_sync_waits)
     monkeypatch.setattr(os, "pwrite", counting_pwrite)
-    threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _run_threads(put, 8)
     monkeypatch.undo()
     assert len(returned) == 8
     assert 1 <= len(record_writes) <= 2, f"8 puts took {len(record_writes)} writes"
@@ -127,16 +141,7 @@ def test_records_waiting_for_one_sync_are_written_in_one_write(tmp_path, monkeyp
 def test_a_failed_fdatasync_fails_the_leader_and_every_waiter(tmp_path, monkeypatch):
     storage = FileStorage(str(tmp_path / "mq"), durability="full")
     storage.open_queue(QueueSpec("q"))
-    appended = threading.Condition()
-    puts: list[int] = []
-    real_append = storage._append
-
-    def counting_append(kind: int, payload: bytes) -> int:
-        end = real_append(kind, payload)
-        with appended:
-            puts.append(end)
-            appended.notify_all()
-        return end
+    appended, puts = _count_appends(storage, monkeypatch)
 
     def failing_sync(fd: int) -> None:
         with appended:
@@ -151,13 +156,8 @@ def test_a_failed_fdatasync_fails_the_leader_and_every_waiter(tmp_path, monkeypa
         except BaseException as exc:
             errors.append(exc)
 
-    monkeypatch.setattr(storage, "_append", counting_append)
     monkeypatch.setattr(os, "fdatasync", failing_sync)
-    threads = [threading.Thread(target=put, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _run_threads(put, 8)
     monkeypatch.undo()
     assert len(errors) == 8
     assert all(isinstance(error, mqlite.StorageError) for error in errors)
