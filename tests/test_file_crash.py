@@ -19,42 +19,50 @@ from mqlite.storage.file import FileStorage
 
 CHILD = textwrap.dedent(
     """
-    import os, random, sys, time
+    import os, random, sys, threading, time
     from mqlite.storage import Envelope, QueueSpec
     from mqlite.storage.file import FileStorage
 
     directory, durability, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    rng = random.Random(seed)
     storage = FileStorage(directory, durability=durability, segment_size=int(sys.argv[4]))
     storage.open_queue(QueueSpec("q", None))
     out = sys.stdout.fileno()
 
     def note(line):
-        os.write(out, (line + "\\n").encode())
+        os.write(out, (line + "\\n").encode())  # one write: lines of threads never mix
 
-    n = 0
-    while True:
-        n += 1
-        body = b"body-%d-%d" % (seed, n)
-        note("p %s" % body.decode())
-        [mid] = storage.put("q", [Envelope(body)], time.time())
-        note("P %d %s" % (mid, body.decode()))
-        if rng.random() < 0.6:
-            for message in storage.lease("q", rng.randint(1, 3), time.time(), 30.0):
-                note("L %d" % message.id)
-                if rng.random() < 0.8:
-                    note("a %d" % message.id)
-                    storage.ack("q", [(message.id, message.token)], time.time())
-                    note("A %d" % message.id)
+    def work(thread):
+        rng = random.Random(seed * 100 + thread)
+        n = 0
+        while True:
+            n += 1
+            body = b"body-%d-%d-%d" % (seed, thread, n)
+            note("p %s" % body.decode())
+            [mid] = storage.put("q", [Envelope(body)], time.time())
+            note("P %d %s" % (mid, body.decode()))
+            if rng.random() < 0.6:
+                for message in storage.lease("q", rng.randint(1, 3), time.time(), 30.0):
+                    note("L %d" % message.id)
+                    if rng.random() < 0.8:
+                        note("a %d" % message.id)
+                        storage.ack("q", [(message.id, message.token)], time.time())
+                        note("A %d" % message.id)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(int(sys.argv[5]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     """
 )
 
 
-def _run_child(directory: str, durability: str, seed: int, lines_before_kill: int) -> list[str]:
-    """Start the child, read ``lines_before_kill`` lines of its log, SIGKILL it, return every line."""
+def _run_child(directory: str, durability: str, seed: int, lines_before_kill: int, threads: int = 1) -> list[str]:
+    """Start the child (``threads`` threads putting, leasing and acking), read
+    ``lines_before_kill`` lines of its log, SIGKILL it, return every line."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, directory, durability, str(seed), "8192"],
+        [sys.executable, "-c", CHILD, directory, durability, str(seed), "8192", str(threads)],
         stdout=subprocess.PIPE,
         env=env,
     )
@@ -76,7 +84,11 @@ def _run_child(directory: str, durability: str, seed: int, lines_before_kill: in
     return lines
 
 
-def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_ack(tmp_path):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_ack(tmp_path, threads):
+    """With four threads, records of calls that have not returned wait in memory for a sync
+    (durability "full") while other threads' calls write: what a returned call wrote must be in
+    the file all the same."""
     rng = random.Random(4)
     directory = str(tmp_path / "mq")
     returned: dict[int, bytes] = {}  # put returned: id -> body
@@ -87,7 +99,7 @@ def test_sigkill_at_random_moments_loses_no_returned_put_and_undoes_no_returned_
     kills = 24
     for round_number in range(kills):
         durability = "full" if round_number % 2 == 0 else "normal"
-        lines = _run_child(directory, durability, round_number, rng.randint(1, 400))
+        lines = _run_child(directory, durability, round_number, rng.randint(1, 400), threads)
         for line in lines:
             kind, _, rest = line.partition(" ")
             if kind == "p":
