@@ -565,6 +565,7 @@ SNAP_BATCH: Final = 4096
 """Messages per SNAP_MSG record."""
 _SNAP_ITEM = struct.Struct("<QBddIQiBII")
 # id, state, deadline, enqueued_at, attempts, token, priority, flags, strings length, body length
+SNAP_ITEM_SIZE: Final = _SNAP_ITEM.size  # the fixed-size part of a message in a SNAP_MSG or CARRY record
 
 
 class SnapMsg(NamedTuple):

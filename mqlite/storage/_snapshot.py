@@ -18,9 +18,9 @@ from . import _log
 from ._index import DELAYED, IN_FLIGHT, READY, Entry, Index, QueueIndex
 from .base import QueueSpec
 
-__all__ = ["dedup_entries", "restore_messages", "snap_msg", "snapshot_records", "snapshot_size"]
+__all__ = ["dedup_entries", "entry_cost", "restore_messages", "snap_msg", "snapshot_records", "snapshot_size"]
 
-_ENTRY_OVERHEAD: Final = 48  # bytes a live message costs in a snapshot beyond its body and strings
+_ENTRY_OVERHEAD: Final = _log.SNAP_ITEM_SIZE  # bytes a live message costs in a snapshot beyond its body and strings
 _BODY: Final = operator.attrgetter("body")
 _META: Final = operator.attrgetter("meta")
 _NO_HEADERS: Final[dict[str, str]] = {}
@@ -29,7 +29,7 @@ _NO_HEADERS: Final[dict[str, str]] = {}
 def snapshot_size(index: Index) -> int:
     """An estimate of the size of a snapshot of ``index``, in bytes (``FileStorage.live_bytes``).
 
-    Runs at every compaction check (each quarter segment appended), so it avoids a Python
+    Runs at every space check (each quarter segment appended), so it avoids a Python
     loop over plain messages: bodies are summed with ``map`` and only messages with a
     priority, group or headers (``Entry.meta`` set) are visited one by one.
     """
@@ -75,6 +75,21 @@ def snapshot_records(index: Index) -> Iterator[bytes]:
             yield frame(_log.SNAP_MSG, _log.encode_snap_msgs(batch))
         total += len(entries)
     yield frame(_log.SNAP_END, _log.encode_snap_end(total, len(queues)))
+
+
+def entry_cost(e: Entry) -> int:
+    """What one live message takes in a snapshot or a ``CARRY`` record, estimated as
+    :func:`snapshot_size` does for all of them at once."""
+    body = e.body
+    assert isinstance(body, bytes)
+    cost = _ENTRY_OVERHEAD + len(body)
+    if e.meta is not None:
+        _priority, group, headers = e.meta
+        if group is not None:
+            cost += len(group) + 4
+        if headers:
+            cost += 8 + sum(len(k) + len(v) + 6 for k, v in headers.items())
+    return cost
 
 
 def snap_msg(mid: int, e: Entry) -> _log.SnapMsg:
