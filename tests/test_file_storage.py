@@ -314,7 +314,7 @@ def test_churn_keeps_the_directory_within_twice_peak_live_plus_one_segment(tmp_p
         peak_live = max(peak_live, storage.live_bytes())
         on_disk = sum(os.path.getsize(path) for path in _segments(directory))
         worst = max(worst, on_disk - (2 * peak_live + segment_size))
-    assert storage.compactions > 0
+    assert storage.segments_dropped > 0
     storage.close()
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
 
@@ -323,22 +323,27 @@ def _directory_bytes(directory: str) -> int:
     return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
 
 
+@pytest.mark.parametrize("stragglers", [0.0, 0.05])
 @pytest.mark.parametrize("way", ["compaction", "carry"])
 @pytest.mark.parametrize("durability", ["normal", "full"])
 @pytest.mark.parametrize("live", [60, 400])
-def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(
-    tmp_path, monkeypatch, live, durability, way
+def test_reclaiming_space_stays_within_twice_peak_live_plus_one_segment(
+    tmp_path, monkeypatch, live, durability, way, stragglers
 ):
-    """The directory's largest moment is inside a compaction, when the finished snapshot is
-    renamed in while every old segment is still there: measured at that rename, with a live set
-    smaller (60 messages) and several times larger (400) than a segment."""
+    """The directory's largest moments are inside a compaction, when the finished snapshot is
+    renamed in while every old segment is still there, and inside a carry, when the carried
+    records are written and synced but their segment not yet deleted: measured at that rename
+    and at every unlink, with a live set smaller (60 messages) and several times larger (400)
+    than a segment, consumed in order (the oldest segments empty by themselves) or leaving a
+    share of stragglers in flight (they pin old segments). Compaction is what a log with
+    version 1 segments, which carrying cannot delete, still relies on."""
     _no_syncs(monkeypatch, durability)
     directory = str(tmp_path / "mq")
     segment_size = 8 << 10
     storage = FileStorage(directory, durability=durability, segment_size=segment_size)
     storage.open_queue(QueueSpec("q", None))
     if way == "compaction":
-        storage._carry_oldest = lambda live: False  # type: ignore[method-assign]
+        storage._deletable = list  # type: ignore[method-assign]  # as with version 1 segments
     moments: list[int] = []
     rename, unlink = os.rename, os.unlink
 
@@ -361,8 +366,8 @@ def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(
         if storage.counts("q", now)[0] < live:
             storage.put("q", [Envelope(b"p" * rng.randint(10, 120)) for _ in range(rng.randint(1, 8))], now)
         else:
-            for message in storage.lease("q", rng.randint(1, 8), now, 30.0):
-                storage.ack("q", [(message.id, message.token)], now)
+            taken = storage.lease("q", rng.randint(1, 8), now, 30.0)
+            storage.ack("q", [(m.id, m.token) for m in taken if rng.random() >= stragglers], now)
         peak_live = max(peak_live, storage.live_bytes())
         while moments:
             worst = max(worst, moments.pop() - (2 * peak_live + segment_size))
@@ -370,7 +375,7 @@ def test_compaction_transient_stays_within_twice_peak_live_plus_one_segment(
     monkeypatch.undo()
     if way == "compaction":
         assert storage.compactions > 3
-    else:
+    elif stragglers:
         assert storage.carries > 0
     storage.close()
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"

@@ -15,21 +15,22 @@ concurrent callers (group commit) is in :mod:`~mqlite.storage._group_commit`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, Final, Literal, final
 
 from .. import _validate
 from .._errors import StorageError, StorageLocked
 from . import _log
 from ._group_commit import GroupCommit
-from ._index import Index
+from ._index import Entry, Index
 from ._replay import Replayer, expire_leases
-from ._snapshot import dedup_entries, snap_msg, snapshot_records, snapshot_size
+from ._snapshot import dedup_entries, entry_cost, snap_msg, snapshot_records, snapshot_size
 from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
@@ -62,15 +63,16 @@ class FileStorage(Storage, GroupCommit):
 
     ``segment_size``: the log rolls over to a new segment file past this size. Every quarter
     segment written, the oldest segments whose messages are all settled are deleted (a FIFO
-    backlog draining frees them one after the other, rewriting nothing); then, if the log holds
-    half a segment of dead bytes or more and the live set is at its peak, the live state is
-    rewritten as a snapshot segment and the older segments are deleted: the directory stays
-    within 2 x its peak live size + one segment, even during a compaction. With a steady live
-    set larger than a segment, compaction rewrites about ``2 x live / segment_size`` bytes per
-    byte appended, so choose a segment at least as large as the live set. :meth:`close` and opening
-    (for a process that died before closing) compact a log that holds at least as many dead
-    bytes as live ones, so a drained queue gives its space back. ``salvage=True`` skips corrupt
-    records (logging each) instead of raising :class:`~mqlite.CorruptStorage`.
+    backlog draining frees them one after the other, rewriting nothing); when the directory
+    nears its bound, or when it is cheap, the few live messages of the oldest segments are
+    carried forward (rewritten at the head) so that those segments can go too: the directory
+    stays within 2 x its peak live size + one segment, also while carrying. A queue consumed in
+    order rewrites little or nothing; messages that stay long are rewritten about once per pass
+    through the log. A segment at least as large as the live set keeps the rewriting lowest.
+    :meth:`close` and opening (for a process that died before closing) compact a log that
+    holds at least as many dead bytes as live ones, so a drained queue gives its space back.
+    ``salvage=True`` skips corrupt records (logging each) instead of raising
+    :class:`~mqlite.CorruptStorage`.
 
     One process at a time: the directory is locked with ``fcntl.flock``; a second opener, in this
     or another process, gets :class:`~mqlite.StorageLocked` naming the holder's pid. Messages in
@@ -123,7 +125,7 @@ class FileStorage(Storage, GroupCommit):
         self._out_pos = 0
         self._flushed = 0
         self._flush_lock = threading.Lock()  # serializes flushes (lock order: _lock, then this)
-        self._check_at = segment_size // 4  # the log position of the next compaction check
+        self._check_at = segment_size // 4  # the log position of the next space check (see _roll)
         self._failed: BaseException | None = None
         self._closed = False
         self._starts: dict[int, int] = {}  # segment -> the last id given before it (see _drop_settled)
@@ -135,7 +137,8 @@ class FileStorage(Storage, GroupCommit):
         self.segments_dropped = 0
         self.carries = 0  # messages carried forward so that their segment could be deleted
         self.carried_bytes = 0  # bytes of CARRY records written
-        self._peak_live = 0  # the largest live_bytes() seen at a compaction check since the last compaction
+        self._peak_live = 0  # the largest live_bytes() seen at a space check since the last compaction
+        self._level: tuple[int, int, int] | None = None  # _reclaim's last look: (head segment, level, _written)
         self._lock_fd = self._take_lock()
         try:
             self._load()
@@ -249,7 +252,7 @@ class FileStorage(Storage, GroupCommit):
 
     def _append(self, kind: int, payload: bytes) -> int:
         """Append one record (the caller holds ``_lock``); return the log position after it.
-        Runs the compaction check when one is due, and rolls a full segment."""
+        Runs the space check when one is due, and rolls a full segment."""
         end = self._write(kind, payload)
         if self._seg_bytes >= self.segment_size or end >= self._check_at:
             try:
@@ -374,28 +377,10 @@ class FileStorage(Storage, GroupCommit):
         return fd
 
     def _roll(self) -> None:
-        """A compaction check is due (every quarter segment written) or the current segment is
-        full: delete the oldest segments whose messages are all settled (:meth:`_drop_settled`),
-        then compact if the dead bytes reached half a segment and waiting longer could break
-        the space bound, else start the next segment if the current one is full.
-
-        The bound: the directory stays within 2 x peak live + one segment even while a
-        compaction has the old segments and the new snapshot on disk together. ``peak`` is the
-        largest live size seen at a check since the last compaction. A check compacts when
-        ``total - live >= segment / 2`` and ``total + live >= 2 x peak + segment / 2``, so one
-        that does not saw ``total + live < 2 x peak + segment / 2`` (the first condition
-        failing implies it, as ``live <= peak``). By the next check at most a quarter segment
-        more was appended (plus the record that crossed the mark), so a compaction starts with
-        the segments and its snapshot together below ``2 x peak + 3/4 segment + one record``;
-        the last quarter segment is headroom for that record and for :meth:`live_bytes` being
-        an estimate. While the live set is steady (``live == peak``) the rule is "compact at
-        half a segment dead"; while it shrinks (a backlog draining), it waits, and the drained
-        segments are deleted instead, without rewriting anything. Checking only when a segment
-        fills would allow ``2 x live + 2 segments``. The price, for a steady live set larger
-        than a segment whose oldest segments do not empty, is write amplification: each
-        compaction rewrites all live bytes to reclaim half a segment or more, about
-        ``2 x live / segment_size`` bytes rewritten per byte appended.
-        """
+        """A space check is due (every quarter segment written) or the current segment is full:
+        delete the oldest segments whose messages are all settled (:meth:`_drop_settled`), give
+        space back if it is due (:meth:`_reclaim`), then start the next segment if the current
+        one is full."""
         if self._closed:
             # Only close() appends now: its clean-shutdown record must stay the log's last. A
             # compaction would delete the segment holding it, and the next open would take the
@@ -406,24 +391,130 @@ class FileStorage(Storage, GroupCommit):
         self._drop_settled()
         live = self.live_bytes()
         self._peak_live = max(self._peak_live, live)
-        if self._carry_always or self._space_due(live):
-            # Space is due back: first carry the few live messages of the oldest segments
-            # forward, when that rewrites less than compaction would (all of ``live``).
-            while self._carry_oldest(live) and (self._carry_always or self._space_due(live)):
-                pass
+        if self._carry_always:
+            while self._deletable():
+                self._carry_segments(1)
+        elif len(self._deletable()) < len(self._sizes) - 1:
+            # A segment of format version 1 is followed by no segment start: carrying cannot
+            # delete it, only compaction can, so the rule of version 1 stays until it is gone.
             if self._space_due(live):
                 self._compact_locked()
                 return
+        else:
+            self._reclaim(live)
         if self._seg_bytes < self.segment_size:
             return
         self._start_segment()
+        if not self._carry_always and len(self._deletable()) == len(self._sizes) - 1:
+            self._reclaim(live)  # the segment just closed joins the ones carrying can delete
 
     def _space_due(self, live: int) -> bool:
-        """The compaction rule of :meth:`_roll`: half a segment dead, and waiting longer could
-        break the space bound."""
+        """The compaction rule for a log that still has version 1 segments (which only
+        compaction deletes): half a segment dead, and waiting longer could leave no room for
+        the snapshot beside the segments (``total + live >= 2 x peak + segment / 2``; the
+        argument is :meth:`_reclaim`'s, with ``live`` for the headroom)."""
         total = sum(self._sizes.values())
         half = self.segment_size // 2
         return total - live >= half and total + live >= 2 * self._peak_live + half
+
+    def _reclaim(self, live: int) -> None:
+        """Give space back by carrying the live messages of the oldest segments forward and
+        deleting those segments: as late as the bound allows, or early when it is cheap.
+
+        Carrying the oldest ``k`` segments writes, one segment after the other, its live
+        messages' ``CARRY`` records (``cost_i``, estimated by
+        :func:`~mqlite.storage._snapshot.entry_cost`), syncs them and deletes the segment
+        (``size_i``), so the directory peaks at ``total + max over j <= k of (cost_j + sum over
+        i < j of (cost_i - size_i))``. The *level* is ``total`` (with the most zeros the head
+        can hold) plus that maximum over all the segments carrying can delete. A check carries
+        the oldest segments up to the last whose term brings the level to the mark,
+        ``2 x peak + segment / 2`` (``peak``: the largest live size at a check since the last
+        compaction), then, while the log holds more dead bytes than live ones, any further
+        oldest segment whose live messages take at most a quarter of it.
+
+        Why the directory stays within ``2 x peak + segment``: after a check the level is
+        below the mark; waiting raises it only by the bytes appended (old segments' messages
+        can only be settled; deleting a settled oldest segment lowers ``total`` by what it
+        adds to the sum; a roll adds the closed segment's term, for a level of at most ``live
+        + one segment``, which the check right after the roll handles); carrying oldest
+        segments stays below the level and leaves the level of the rest. So by the next check
+        (a quarter segment plus one record later) every carry stays below ``2 x peak + 3/4
+        segment + one record``, the last quarter being slack for that record and the
+        estimates. ``total + live`` bounds the level, so below the mark, with fewer dead bytes
+        than live ones (nothing cheap to expect), no message is looked at; after a look that
+        carried nothing the level found is kept, plus what is appended, until the next roll.
+        ``docs/file-format.md`` ("Compaction") has the long form and the figures: a queue
+        consumed in order rewrites little or nothing, where compacting (which needs room for
+        ``total + live`` at once) rewrote every live byte every half segment of dead bytes.
+        """
+        segment = self.segment_size
+        records = sum(self._sizes.values())
+        total = records + self._max_padding()  # the directory's size at most, with the zeros
+        mark = 2 * self._peak_live + segment // 2
+        dead = records - live
+        if dead < segment // 2 or (total + live < mark and dead < live):
+            return
+        level = self._level
+        if level is not None and level[0] == self._segment and level[1] + self._written - level[2] < mark:
+            return  # no roll since the last look: the level only grew by what was appended
+        numbers = self._deletable()
+        costs = self._costs(numbers)
+        count = top = run = 0
+        for j, (cost, number) in enumerate(zip(costs, numbers, strict=True), 1):
+            term = run + cost
+            top = max(top, term)
+            if total + term >= mark:
+                count = j
+            run += cost - self._sizes[number]
+        while dead >= live and count < len(numbers) and costs[count] * 4 <= self._sizes[numbers[count]]:
+            count += 1  # cheap, and the log is mostly dead: a drained backlog kept by stragglers
+        if count:
+            self._level = None
+            self._carry_segments(count)
+        else:
+            self._level = (self._segment, total + top, self._written)
+
+    def _max_padding(self) -> int:
+        """The most zeros the segment appended to holds after its records (durability
+        "full", see :meth:`_pad`); the space rules count them in the directory's size."""
+        return self._prealloc + _PAGE if self._prealloc else 0
+
+    def _deletable(self) -> list[int]:
+        """The oldest segments, in order, that carrying their live messages forward would let
+        go: each followed by a segment start (``SEGMENT_START`` or a snapshot), never the
+        segment appended to."""
+        numbers: list[int] = []
+        for number in sorted(self._sizes)[:-1]:
+            if self._starts.get(number + 1) is None or number + 1 not in self._sizes:
+                break
+            numbers.append(number)
+        return numbers
+
+    def _live_in(self, numbers: list[int]) -> Iterator[tuple[int, str, int, Entry]]:
+        """The live messages whose latest full record (a put or a ``CARRY``) is in one of the
+        oldest segments ``numbers``: (position in ``numbers``, queue name, id, index entry). A
+        segment's puts have the ids above its own start up to the next segment's start."""
+        if not numbers:
+            return
+        position = {number: i for i, number in enumerate(numbers)}
+        uppers = [self._starts[number + 1] for number in numbers]
+        top, last = uppers[-1], numbers[-1]
+        carried = self._carried
+        for name, queue in self._index.queues.items():
+            for mid, entry in queue.entries.items():
+                where = carried.get(mid)
+                if where is None:
+                    if mid <= top:
+                        yield bisect.bisect_left(uppers, mid), name, mid, entry
+                elif where <= last:
+                    yield position[where], name, mid, entry
+
+    def _costs(self, numbers: list[int]) -> list[int]:
+        """What carrying each of the oldest segments ``numbers`` forward writes (estimated)."""
+        costs = [0] * len(numbers)
+        for i, _name, _mid, entry in self._live_in(numbers):
+            costs[i] += entry_cost(entry)
+        return costs
 
     def _start_segment(self) -> None:
         """Roll: create the next segment and write its ``SEGMENT_START`` record (the counters,
@@ -452,52 +543,37 @@ class FileStorage(Storage, GroupCommit):
                 if not self._syncing:
                     self._release_covered()
 
-    def _carry_oldest(self, live: int) -> bool:
-        """Carry the live messages put in the oldest segment (and not carried past it) forward
-        as ``CARRY`` records, then delete that segment; return whether it was deleted.
-
-        Done only if the messages carried take less than the segment (space comes back) and at
-        most ``live`` bytes (less than compaction writes, which also bounds the moment both are
-        on disk by compaction's own). The records are synced (durability "full") before the
-        segment goes, and a message carried once is not carried again until the segment
-        holding its ``CARRY`` is the oldest."""
-        if len(self._sizes) < 2:
-            return False
-        oldest = min(self._sizes)
-        start = self._starts.get(oldest + 1)
-        if start is None or oldest + 1 not in self._sizes:
-            return False
+    def _carry_segments(self, count: int) -> None:
+        """Carry the live messages of the oldest ``count`` segments forward as ``CARRY``
+        records at the head and delete those segments, one after the other: each segment's
+        records are synced (durability "full") before it goes. A carried message is carried
+        again only when the segment holding its ``CARRY`` is among the oldest."""
+        numbers = self._deletable()[:count]
+        pinned: list[dict[str, list[_log.SnapMsg]]] = [{} for _ in numbers]
+        for i, name, mid, entry in self._live_in(numbers):
+            pinned[i].setdefault(name, []).append(snap_msg(mid, entry))
         carried = self._carried
-        pinned: dict[str, list[_log.SnapMsg]] = {}
-        cost = 0
-        for name, queue in self._index.queues.items():
-            for mid, e in queue.entries.items():
-                if mid <= start and carried.get(mid, 0) <= oldest:
-                    snap = snap_msg(mid, e)
-                    pinned.setdefault(name, []).append(snap)
-                    cost += 48 + len(snap.body)
-        if not self._carry_always and (cost >= self._sizes[oldest] or cost > live):
-            return False
         head = self._segment
-        for name, messages in pinned.items():
-            messages.sort()
-            for at in range(0, len(messages), _log.SNAP_BATCH):
-                batch = messages[at : at + _log.SNAP_BATCH]
-                before = self._written
-                self._write(_log.CARRY, _log.encode_carry(name, batch))
-                self.carried_bytes += self._written - before
-                for message in batch:
-                    carried[message.id] = head
-                self.carries += len(batch)
-        if pinned and self._full:
-            self._flush()
-            os.fdatasync(self._fd)  # the carried state is on disk before its old segment goes
-        self._delete_segment(oldest)
-        if self._full:
-            _log.sync_directory(self.path)
-        for mid in [mid for mid, where in carried.items() if where <= oldest]:
-            del carried[mid]  # settled since (a live one would have been carried again)
-        return True
+        for number, queues in zip(numbers, pinned, strict=True):
+            for name, messages in queues.items():
+                messages.sort()
+                for at in range(0, len(messages), _log.SNAP_BATCH):
+                    batch = messages[at : at + _log.SNAP_BATCH]
+                    before = self._written
+                    self._write(_log.CARRY, _log.encode_carry(name, batch))
+                    self.carried_bytes += self._written - before
+                    for message in batch:
+                        carried[message.id] = head
+                    self.carries += len(batch)
+            if queues and self._full:
+                self._flush()
+                os.fdatasync(self._fd)  # the carried state is on disk before its old segment goes
+            self._delete_segment(number)
+            if self._full:
+                _log.sync_directory(self.path)
+        if numbers:
+            for mid in [mid for mid, where in carried.items() if where <= numbers[-1]]:
+                del carried[mid]  # settled since (a live one was carried again)
 
     def _drop_settled(self) -> None:
         """Delete the oldest segments while every message put in them is settled.
@@ -603,6 +679,7 @@ class FileStorage(Storage, GroupCommit):
         self._starts = {number: self._index.last_id}
         self._versions = {number: _log.VERSION}
         self._carried = {}
+        self._level = None
         self._peak_live = size
         self._check_at = self._written + max(self.segment_size // 4, 1)
         for gone in old:
@@ -620,7 +697,7 @@ class FileStorage(Storage, GroupCommit):
         if index is not None and (index.delayed or index.in_flight):
             wakeup = index.next_wakeup()
             if wakeup is not None and wakeup <= now:
-                # Apply time first: the append can run a compaction check, whose snapshot or
+                # Apply time first: the append can run a space check, whose snapshot or
                 # CARRY records must show the state as of this point in the log.
                 self._index.touch(queue, now)
                 self._append(_log.TICK, _log.encode_tick(queue, now))
