@@ -205,6 +205,35 @@ def test_a_queue_consumed_in_order_rewrites_nothing(tmp_path, live):
     assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
 
 
+@pytest.mark.parametrize("live", [30, 50])
+def test_a_segment_that_closes_holding_live_messages_can_go_at_once(tmp_path, live):
+    """A live set much smaller than a segment (30-50 messages, 64 KiB segments), consumed in
+    order: when a segment closes it still holds the live set, and waiting a quarter segment
+    for it to empty would put the directory past twice the peak live size plus one segment.
+    The check right after the roll carries it."""
+    directory = str(tmp_path / "log")
+    segment_size = 64 << 10
+    storage = FileStorage(directory, durability="normal", segment_size=segment_size)
+    storage.open_queue(QueueSpec("q", None))
+    batch = [Envelope(b"x" * 100)] * 5
+    put = acked = 0
+    peak_live = worst = 0
+    while acked < 40_000:
+        if put - acked < live:
+            storage.put("q", batch, T0)
+            put += len(batch)
+        else:
+            taken = storage.lease("q", len(batch), T0, 60.0)
+            storage.ack("q", [(m.id, m.token) for m in taken], T0)
+            acked += len(taken)
+        peak_live = max(peak_live, storage.live_bytes())
+        on_disk = sum(os.path.getsize(os.path.join(directory, _log.segment_name(n))) for n in _segments(directory))
+        worst = max(worst, on_disk - (2 * peak_live + segment_size))
+    storage.close()
+    assert worst <= 0, f"the directory exceeded 2 x peak live + one segment by {worst} bytes"
+    assert storage.carries > 0
+
+
 def test_a_lease_naming_a_message_the_log_never_put_is_corruption(tmp_path):
     """Skipping unknown ids is only for ids given before the log's first segment."""
     directory = str(tmp_path / "log")
