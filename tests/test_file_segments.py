@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _churn import churn_step
 
 from mqlite import CorruptStorage
 from mqlite.storage import Envelope, QueueSpec, _log
@@ -190,11 +191,7 @@ def test_a_queue_consumed_in_order_rewrites_nothing(tmp_path, live):
     peak_live = worst = 0
     for _ in range(6_000):
         now += 0.001
-        if storage.counts("q", now)[0] < live:
-            storage.put("q", [Envelope(b"p" * rng.randint(10, 120)) for _ in range(rng.randint(1, 8))], now)
-        else:
-            taken = storage.lease("q", rng.randint(1, 8), now, 30.0)
-            storage.ack("q", [(m.id, m.token) for m in taken], now)
+        churn_step(storage, rng, now, live)
         peak_live = max(peak_live, storage.live_bytes())
         on_disk = sum(os.path.getsize(os.path.join(directory, _log.segment_name(n))) for n in _segments(directory))
         worst = max(worst, on_disk - (2 * peak_live + segment_size))

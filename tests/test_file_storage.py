@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from _churn import churn_step
 
 import mqlite
 from mqlite import CorruptStorage, StorageLocked
@@ -363,11 +364,7 @@ def test_reclaiming_space_stays_within_twice_peak_live_plus_one_segment(
     now = T0
     for _ in range(3_000):
         now += 0.001
-        if storage.counts("q", now)[0] < live:
-            storage.put("q", [Envelope(b"p" * rng.randint(10, 120)) for _ in range(rng.randint(1, 8))], now)
-        else:
-            taken = storage.lease("q", rng.randint(1, 8), now, 30.0)
-            storage.ack("q", [(m.id, m.token) for m in taken if rng.random() >= stragglers], now)
+        churn_step(storage, rng, now, live, stragglers)
         peak_live = max(peak_live, storage.live_bytes())
         while moments:
             worst = max(worst, moments.pop() - (2 * peak_live + segment_size))
