@@ -160,9 +160,9 @@ def test_an_older_segment_left_with_padding_replays(tmp_path):
 
 def test_sealed_segments_keep_no_padding(tmp_path):
     directory = str(tmp_path / "log")
-    storage = _open(directory, segment_size=4096)
-    for n in range(60):
-        _put(storage, b"message %03d " % n + bytes(40))
+    storage = _open(directory, segment_size=64 << 10)  # the smallest that pads: a page is 1/16 of it
+    for n in range(150):
+        _put(storage, *(b"message %04d " % (10 * n + i) + bytes(80) for i in range(10)))
     *sealed, newest = _segments(directory)
     assert sealed
     for path in sealed:

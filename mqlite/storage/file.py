@@ -85,7 +85,9 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
     requires_bytes: ClassVar[bool] = True
     preallocate: ClassVar[int] = MiB
     """The most zeros written ahead of the records at a time under ``durability="full"``
-    (0: none); each storage uses at most ``segment_size // 16`` of it, in whole 4 KiB pages."""
+    (0: none); each storage uses at most ``segment_size // 16`` of it, in whole 4 KiB pages (so
+    none with segments below 64 KiB: a page of zeros there would be most of the room the space
+    bound leaves beside a full segment)."""
 
     def __init__(
         self,
@@ -117,7 +119,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._zeroed = 0  # the current segment file's size: ``_seg_bytes`` + its zero padding
         self._prealloc = 0
         if self._full and self.preallocate > 0:
-            self._prealloc = max(_PAGE, min(self.preallocate, segment_size // 16) // _PAGE * _PAGE)
+            self._prealloc = min(self.preallocate, segment_size // 16) // _PAGE * _PAGE
         self._written = 0  # the log position after the last record appended (counting from the open)
         # Durability "full": records wait in _out until a flush writes them to the current
         # segment at _out_pos; _flushed is the log position written to the OS so far.
