@@ -273,7 +273,7 @@ class SpaceKeeper:
         below that: replay then begins at N + 1, skipping what later records say of those
         settled messages. A FIFO queue's oldest segments empty first, so a backlog draining
         frees them one by one without rewriting anything; a long-lived message pins its segment
-        until compaction (:meth:`_roll`) carries it forward."""
+        until a space check carries it forward (:meth:`_reclaim`)."""
         if len(self._sizes) < 2:
             return
         low = self._index.min_live_id()
