@@ -52,6 +52,21 @@ EXPECTED: dict[str, list[str]] = {
         "#3 https://shop.example/broken: delivered on attempt 1",
         "after the redrive: QueueStats(ready=0, delayed=0, in_flight=0, dead=0, oldest_ready_age=None)",
     ],
+    "jobs_across_processes.py": [
+        "queued 12 report jobs in jobs.db",
+        "Mar failed on attempt 1 (the warehouse did not answer); back in the queue",
+        "Mar: report-Mar.pdf (built by worker-",
+        "workers exited cleanly: True",
+        "12 reports, each month exactly once: True",
+    ],
+    "survive_a_crash.py": [
+        "child: paid invoice 1",
+        "child exit code: -9 (killed by signal 9)",
+        "after the restart: 4 invoices waiting",
+        "parent: charged invoice 2 (attempt 2)",
+        "parent: charged invoice 3 (attempt 1)",
+        "every unpaid invoice charged, the paid one not again: True",
+    ],
 }
 
 
