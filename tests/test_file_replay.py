@@ -45,12 +45,17 @@ def _state(storage: FileStorage, *, exact: bool = True) -> Any:
             return list(queue.delayed), list(queue.in_flight)
         entries = queue.entries
         delayed = [
-            (at, mid) for at, mid in queue.delayed if mid in entries and entries[mid].state == 1
-            and entries[mid].deadline == at
+            (at, mid)
+            for at, mid in queue.delayed
+            if mid in entries and entries[mid].state == 1 and entries[mid].deadline == at
         ]
         in_flight = [
-            (at, mid, token) for at, mid, token in queue.in_flight if mid in entries and entries[mid].state == 2
-            and entries[mid].deadline == at and entries[mid].token == token
+            (at, mid, token)
+            for at, mid, token in queue.in_flight
+            if mid in entries
+            and entries[mid].state == 2
+            and entries[mid].deadline == at
+            and entries[mid].token == token
         ]
         return sorted(delayed), sorted(in_flight)
 

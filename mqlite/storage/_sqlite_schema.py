@@ -133,6 +133,7 @@ def insert_plain(conn: sqlite3.Connection, qid: int, flat: list[object]) -> None
     if full < len(flat):
         conn.executemany(insert_plain_sql(qid, 1), (flat[i : i + 3] for i in range(full, len(flat), 3)))
 
+
 PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
 PEEK: Final = f"""
 SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY deadline, id LIMIT ?2)
