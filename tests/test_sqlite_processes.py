@@ -103,40 +103,50 @@ def test_three_producers_three_consumers_exactly_once_and_groups_exclusive(tmp_p
 
 CHILD = textwrap.dedent(
     """
-    import os, random, sys, time
+    import os, random, sys, threading, time
     from mqlite.storage import Envelope, QueueSpec
     from mqlite.storage.sqlite import SQLiteStorage
 
-    path, durability, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    rng = random.Random(seed)
+    path, durability, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     storage = SQLiteStorage(path, durability=durability)
     storage.open_queue(QueueSpec("q", None))
     out = sys.stdout.fileno()
 
     def note(line):
-        os.write(out, (line + "\\n").encode())
+        os.write(out, (line + "\\n").encode())  # one write: lines of threads never mix
 
-    n = 0
-    while True:
-        n += 1
-        bodies = [b"%d-%d-%d" % (seed, n, i) for i in range(rng.choice([1, 1, 1, 3]))]
-        ids = storage.put("q", [Envelope(body) for body in bodies], time.time())
-        note("P " + " ".join("%d:%s" % (mid, body.decode()) for mid, body in zip(ids, bodies)))
-        if rng.random() < 0.7:
-            leased = storage.lease("q", rng.randint(1, 4), time.time(), 600.0)
-            chosen = [m for m in leased if rng.random() < 0.8]
-            if chosen:
-                note("a " + " ".join(str(m.id) for m in chosen))
-                storage.ack("q", [(m.id, m.token) for m in chosen], time.time())
-                note("A " + " ".join(str(m.id) for m in chosen))
+    def work(thread):
+        rng = random.Random(seed * 100 + thread)
+        n = 0
+        while True:
+            n += 1
+            bodies = [b"%d-%d-%d-%d" % (seed, thread, n, i) for i in range(rng.choice([1, 1, 1, 3]))]
+            note("p " + " ".join(body.decode() for body in bodies))
+            ids = storage.put("q", [Envelope(body) for body in bodies], time.time())
+            note("P " + " ".join("%d:%s" % (mid, body.decode()) for mid, body in zip(ids, bodies)))
+            if rng.random() < 0.7:
+                leased = storage.lease("q", rng.randint(1, 4), time.time(), 600.0)
+                if leased:
+                    note("L " + " ".join(str(m.id) for m in leased))
+                chosen = [m for m in leased if rng.random() < 0.8]
+                if chosen:
+                    note("a " + " ".join(str(m.id) for m in chosen))
+                    storage.ack("q", [(m.id, m.token) for m in chosen], time.time())
+                    note("A " + " ".join(str(m.id) for m in chosen))
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     """
 )
 
 
-def _run_child(path: str, durability: str, seed: int, lines_before_kill: int) -> list[str]:
+def _run_child(path: str, durability: str, seed: int, lines_before_kill: int, threads: int) -> list[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, path, durability, str(seed)], stdout=subprocess.PIPE, env=env
+        [sys.executable, "-c", CHILD, path, durability, str(seed), str(threads)], stdout=subprocess.PIPE, env=env
     )
     assert child.stdout is not None
     lines: list[str] = []
@@ -156,38 +166,56 @@ def _run_child(path: str, durability: str, seed: int, lines_before_kill: int) ->
     return lines + rest.decode().splitlines(keepends=True)
 
 
-def test_sigkill_at_random_moments_loses_no_put_and_undoes_no_ack(tmp_path):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sigkill_at_random_moments_loses_no_put_and_undoes_no_ack(tmp_path, threads):
+    """A child puts, leases and acks in a loop (with four threads, their calls share combined
+    transactions and fsyncs) and is killed at random moments, under both durabilities. After
+    each kill: every put that returned and whose ack never started is there with its body, no
+    returned ack is undone, no message has a body nobody put, and every lease that returned
+    still counts as an attempt (a lease is committed, if not synced, before it returns)."""
     path = str(tmp_path / "crash.db")
-    rng = random.Random(20240611)
+    rng = random.Random(20240611 + threads)
     returned: dict[int, bytes] = {}
+    bodies_started: set[bytes] = set()
+    leased: dict[int, int] = {}  # id -> how many leases of it returned
     ack_attempted: set[int] = set()
     ack_returned: set[int] = set()
     for round_number in range(24):
         durability = "full" if round_number % 2 else "normal"
-        for line in _run_child(path, durability, round_number, rng.randint(3, 120)):
+        for line in _run_child(path, durability, round_number, rng.randint(3, 120 * threads), threads):
             if not line.endswith("\n"):
                 continue  # a torn last line: the kill came mid-write
             kind, *items = line.split()
-            if kind == "P":
+            if kind == "p":
+                bodies_started.update(item.encode() for item in items)
+            elif kind == "P":
                 for item in items:
                     mid, body = item.split(":")
                     returned[int(mid)] = body.encode()
+            elif kind == "L":
+                for mid in map(int, items):
+                    leased[mid] = leased.get(mid, 0) + 1
             elif kind == "a":
                 ack_attempted.update(int(mid) for mid in items)
             elif kind == "A":
                 ack_returned.update(int(mid) for mid in items)
         storage = SQLiteStorage(path)
         try:
-            present = {m.id: m.body for m in storage.peek("q", 10**9, time.time())}
+            present = {m.id: m for m in storage.peek("q", 10**9, time.time())}
         finally:
             storage.close()
         for mid, body in returned.items():
             if mid in ack_returned:
                 assert mid not in present, f"round {round_number}: message {mid} was acked but came back"
             elif mid not in ack_attempted:
-                assert present.get(mid) == body, f"round {round_number}: put {mid} returned but is gone"
+                assert mid in present, f"round {round_number}: put {mid} returned but is gone"
+                assert present[mid].body == body, f"round {round_number}: {mid} has the wrong body"
+        for mid, message in present.items():
+            assert message.body in bodies_started, f"round {round_number}: {mid} has a body nobody put"
+            assert message.attempts >= leased.get(mid, 0), f"round {round_number}: {mid} lost a lease's attempt"
     assert len(ack_returned) > 20
     assert len(returned) - len(ack_attempted) > 20
+    assert any(mid not in ack_attempted for mid in leased), "no lease of a message left unacked returned"
 
 
 # -- fork --------------------------------------------------------------------------------------
