@@ -1,4 +1,4 @@
-"""How fast can *any* pure-Python queue with leases and acks be? The floor behind W1's target.
+"""How fast can *any* pure-Python queue with leases and acks be? The floor behind W1's and W4's targets.
 
     python benchmarks/leased_floor.py [--n 200000] [--repeat 5]
 
@@ -12,18 +12,27 @@ No priorities, groups, delays, dedup, attempts, dead letters, serializers, valid
 storage interface or waking across threads and event loops: every feature mqlite has beyond
 this only adds time. If the bare design is already slower than ``queue.Queue``, the 1.0x target
 cannot be met by a pure-Python leased queue, and the gap to mqlite is the price of its features.
+
+The same for W4 (one producer coroutine, one consumer coroutine: ``await put``, then
+``await get`` + ``await ack``), whose targets are 0.5x ``asyncio.Queue`` and 2x culsans:
+``BareAsyncLeasedQueue`` is the same bare design for coroutines of *one* event loop (futures
+for waiting getters, no lock), more favourable than anything that also serves threads and
+other loops as mqlite must. culsans runs too when it is installed (``pip install 'mqlite[bench]'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import importlib.util
 import itertools
 import queue
 import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class BareMessage:
@@ -81,6 +90,63 @@ class BareLeasedQueue:
             return True
 
 
+class BareAsyncMessage:
+    """A delivery of :class:`BareAsyncLeasedQueue`."""
+
+    __slots__ = ("_queue", "body", "id", "token")
+
+    def __init__(self, owner: BareAsyncLeasedQueue, mid: int, token: int, body: bytes) -> None:
+        self._queue = owner
+        self.id = mid
+        self.token = token
+        self.body = body
+
+    async def ack(self) -> bool:
+        return self._queue.ack(self.id, self.token)
+
+
+class BareAsyncLeasedQueue:
+    """FIFO with leases and acks for the coroutines of one event loop, and nothing else."""
+
+    def __init__(self, lease: float = 30.0) -> None:
+        self._ready: deque[int] = deque()
+        self._bodies: dict[int, bytes] = {}
+        self._in_flight: dict[int, tuple[int, float]] = {}
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._lease = lease
+
+    async def put(self, body: bytes) -> int:
+        mid = next(self._ids)
+        self._bodies[mid] = body
+        self._ready.append(mid)
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                break
+        return mid
+
+    async def get(self) -> BareAsyncMessage:
+        while not self._ready:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            await getter
+        mid = self._ready.popleft()
+        token = next(self._tokens)
+        self._in_flight[mid] = (token, time.monotonic() + self._lease)
+        return BareAsyncMessage(self, mid, token, self._bodies[mid])
+
+    def ack(self, mid: int, token: int) -> bool:
+        held = self._in_flight.get(mid)
+        if held is None or held[0] != token:
+            return False
+        del self._in_flight[mid]
+        del self._bodies[mid]
+        return True
+
+
 def run_stdlib(bodies: list[bytes]) -> float:
     q: queue.Queue[bytes] = queue.Queue()
     started = time.perf_counter()
@@ -117,27 +183,136 @@ def run_mqlite(bodies: list[bytes]) -> float:
     return rate
 
 
+Put = Callable[[bytes], Awaitable[object]]
+Receive = Callable[[], Awaitable[bytes]]
+
+
+def _async_rate(bodies: list[bytes], setup: Callable[[], tuple[Put, Receive, Callable[[], None]]]) -> float:
+    """W4's shape: a producer coroutine awaits a put per body while a consumer coroutine
+    receives them, on one loop; messages per second from the start until both are done."""
+
+    async def main() -> float:
+        put, receive, cleanup = setup()
+
+        async def produce() -> None:
+            for body in bodies:
+                await put(body)
+
+        async def consume() -> None:
+            for _ in bodies:
+                await receive()
+
+        started = time.perf_counter()
+        await asyncio.gather(produce(), consume())
+        rate = len(bodies) / (time.perf_counter() - started)
+        cleanup()
+        return rate
+
+    return asyncio.run(main())
+
+
+def run_asyncio(bodies: list[bytes]) -> float:
+    def setup() -> tuple[Put, Receive, Callable[[], None]]:
+        q: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def receive() -> bytes:
+            body = await q.get()
+            q.task_done()
+            return body
+
+        return q.put, receive, lambda: None
+
+    return _async_rate(bodies, setup)
+
+
+def run_bare_async(bodies: list[bytes]) -> float:
+    def setup() -> tuple[Put, Receive, Callable[[], None]]:
+        q = BareAsyncLeasedQueue()
+
+        async def receive() -> bytes:
+            message = await q.get()
+            await message.ack()
+            return message.body
+
+        return q.put, receive, lambda: None
+
+    return _async_rate(bodies, setup)
+
+
+def run_culsans(bodies: list[bytes]) -> float:
+    culsans = importlib.import_module("culsans")
+
+    def setup() -> tuple[Put, Receive, Callable[[], None]]:
+        q = culsans.Queue()
+        async_q = q.async_q
+
+        async def receive() -> bytes:
+            body: bytes = await async_q.get()
+            async_q.task_done()
+            return body
+
+        return async_q.put, receive, q.close
+
+    return _async_rate(bodies, setup)
+
+
+def run_mqlite_async(bodies: list[bytes]) -> float:
+    import mqlite
+    from mqlite.serializers import RAW
+
+    def setup() -> tuple[Put, Receive, Callable[[], None]]:
+        q: mqlite.Queue[bytes] = mqlite.Queue("floor", serializer=RAW)
+
+        async def receive() -> bytes:
+            message = await q.aget()
+            await message.aack()
+            return message.body
+
+        return q.aput, receive, q.close
+
+    return _async_rate(bodies, setup)
+
+
+def _table(title: str, runners: dict[str, Callable[[list[bytes]], float]], bodies: list[bytes], repeat: int) -> None:
+    """Run ``runners`` interleaved ``repeat`` times and print medians against the first."""
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeat):
+        for name, runner in runners.items():
+            rates[name].append(runner(bodies))
+    baseline_name = next(iter(runners))
+    baseline = statistics.median(rates[baseline_name])
+    print(f"{title}, N = {len(bodies):,}, median of {repeat} interleaved runs")
+    print(f"{'implementation':40} {'msg/s':>10} {'us/msg':>7} {'vs ' + baseline_name.split()[0]:>18}")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:40} {median:>10,.0f} {1e6 / median:>7.2f} {median / baseline:>17.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     bodies = [i.to_bytes(8, "big") * 8 for i in range(args.n)]
-    runners: dict[str, Callable[[list[bytes]], float]] = {
-        "queue.Queue put / get + task_done": run_stdlib,
-        "BareLeasedQueue put / get + ack": run_bare,
-        "mqlite.Queue put / get + ack": run_mqlite,
+    _table(
+        "W1 shape",
+        {
+            "queue.Queue put / get + task_done": run_stdlib,
+            "BareLeasedQueue put / get + ack": run_bare,
+            "mqlite.Queue put / get + ack": run_mqlite,
+        },
+        bodies,
+        args.repeat,
+    )
+    print()
+    async_runners: dict[str, Callable[[list[bytes]], float]] = {
+        "asyncio.Queue await put / get + task_done": run_asyncio,
+        "BareAsyncLeasedQueue put / get + ack": run_bare_async,
+        "mqlite.Queue aput / aget + aack": run_mqlite_async,
     }
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.repeat):
-        for name, runner in runners.items():
-            rates[name].append(runner(bodies))
-    baseline = statistics.median(rates["queue.Queue put / get + task_done"])
-    print(f"W1 shape, N = {args.n:,}, median of {args.repeat} interleaved runs")
-    print(f"{'implementation':36} {'msg/s':>10} {'us/msg':>7} {'vs queue.Queue':>15}")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"{name:36} {median:>10,.0f} {1e6 / median:>7.2f} {median / baseline:>14.2f}x")
+    if importlib.util.find_spec("culsans") is not None:
+        async_runners["culsans async_q put / get + task_done"] = run_culsans
+    _table("W4 shape", async_runners, bodies, args.repeat)
 
 
 if __name__ == "__main__":
