@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 
 import pytest
@@ -20,6 +19,8 @@ from _doubles import (
 )
 
 import mqlite
+from mqlite._keeper import keeper
+from mqlite.testing import FakeClock
 
 
 @pytest.fixture
@@ -299,27 +300,28 @@ async def test_async_for_on_queue_ends_when_consumer_closes_in_loop():
 # -- auto_extend ----------------------------------------------------------------------------------
 
 
-def test_auto_extend_keeps_a_message_leased_past_its_lease(q):
-    q.put("long job")
-    holder = q.consumer(lease=0.3, auto_extend=True)
-    rival = q.consumer(lease=0.3)
-    message = holder.get(timeout=TIMEOUT)
-    first_expiry = message.lease_expires_at
-    assert first_expiry is not None
-    # Hold it for about three leases. Meanwhile the rival must never receive it.
-    rival_got: list[mqlite.Message[object]] = []
-    hold = threading.Event()
-    for _ in range(10):
-        hold.wait(0.1)  # nothing sets it: this only lets time pass, the behaviour under test
-        with contextlib.suppress(mqlite.Empty):
-            rival_got.append(rival.get_nowait())
-    assert rival_got == []
-    assert message.lease_expires_at is not None
-    assert message.lease_expires_at > first_expiry
-    message.ack()  # still the holder of the lease: no LeaseLost
-    assert q.join(timeout=0)
-    holder.close()
-    rival.close()
+def test_auto_extend_keeps_a_message_leased_past_its_lease():
+    """Leases run on a fake clock, the keeper renews on real time (every lease / 3): each round
+    waits for a renewal, then moves the clock most of a lease on, so the message is held for
+    four leases and the test cannot fail because the keeper thread was slow."""
+    clock = FakeClock()
+    with mqlite.Queue("work", clock=clock) as q:
+        q.put("long job")
+        holder = q.consumer(lease=0.3, auto_extend=True)
+        rival = q.consumer(lease=0.3)
+        message = holder.get(timeout=TIMEOUT)
+        started = clock()
+        for _ in range(4):
+            renewal = clock() + 0.3  # what a renewal at the clock's current reading gives
+            wait_until(lambda due=renewal: (message.lease_expires_at or 0.0) >= due, what="a renewal")
+            clock.advance(0.25)  # less than a lease after the renewal: still held
+            with pytest.raises(mqlite.Empty):
+                rival.get_nowait()
+        assert clock() - started > 3 * 0.3
+        message.ack()  # still the holder of the lease: no LeaseLost
+        assert q.join(timeout=0)
+        holder.close()
+        rival.close()
 
 
 def test_without_auto_extend_the_lease_ends_and_the_message_comes_back(q):
@@ -333,12 +335,17 @@ def test_without_auto_extend_the_lease_ends_and_the_message_comes_back(q):
     again.ack()
 
 
-def test_auto_extend_stops_after_settle_and_close(q):
-    q.put_many(["a", "b"])
-    holder = q.consumer(lease=0.3, auto_extend=True, prefetch=2)
-    first = holder.get(timeout=TIMEOUT)
-    first.ack()
-    holder.close()  # releases "b" at once, not counted, and stops renewing
-    again = q.get_nowait()
-    assert (again.body, again.attempts) == ("b", 1)
-    again.ack()
+def test_auto_extend_stops_after_settle_and_close():
+    """On a fake clock that never moves, no lease can end by itself: "b" comes back only
+    because close released it, and the keeper stops watching the closed consumer."""
+    clock = FakeClock()
+    with mqlite.Queue("work", clock=clock) as q:
+        q.put_many(["a", "b"])
+        holder = q.consumer(lease=0.3, auto_extend=True, prefetch=2)
+        first = holder.get(timeout=TIMEOUT)
+        first.ack()
+        holder.close()  # releases "b" at once, not counted, and stops renewing
+        again = q.get_nowait()
+        assert (again.body, again.attempts) == ("b", 1)
+        wait_until(lambda: holder not in keeper()._watched, what="the keeper to drop the closed consumer")
+        again.ack()
