@@ -56,6 +56,7 @@ def test_a_sync_waits_for_a_caller_about_to_append(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fdatasync", counting_sync)
     storage.put("q", [Envelope(b"first")], T0)
     second.join(timeout=60)
+    assert not second.is_alive(), "the second put never returned"
     monkeypatch.undo()
     assert len(syncs) == 1, f"two puts took {len(syncs)} syncs"
     assert storage.counts("q", T0) == (2, 0, 0)

@@ -268,6 +268,7 @@ def test_concurrent_puts_share_one_fdatasync(tmp_path, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+        assert not thread.is_alive(), "a put never returned"
     monkeypatch.undo()
     storage.close()
     assert 1 <= len(syncs) <= 2, f"8 concurrent puts took {len(syncs)} fdatasync calls"

@@ -13,6 +13,7 @@ import tempfile
 import threading
 
 import pytest
+from _doubles import TIMEOUT, wait_until
 from hypothesis import settings
 
 import mqlite
@@ -270,19 +271,18 @@ def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(t
     storage._conn_lock.acquire()  # hold the connection so callers pile up behind the first
     first = threading.Thread(target=put, args=("first", b"1"))
     first.start()
-    while not storage._busy or storage._pending:  # the first caller took its batch and waits
-        pass
+    wait_until(lambda: storage._busy and not storage._pending, what="the first caller to take its batch and wait")
     others = [
         threading.Thread(target=put, args=(name, body)) for name, body in [("a", b"a"), ("bad", object()), ("b", b"b")]
     ]
     for thread in others:
         thread.start()
-    while len(storage._pending) < 3:
-        pass
+    wait_until(lambda: len(storage._pending) == 3, what="three callers to queue")
     commits = storage._commits
     storage._conn_lock.release()
     for thread in [first, *others]:
-        thread.join()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
     assert storage._commits == commits + 2  # the first alone, then a, bad and b in one transaction
     assert isinstance(results["bad"], mqlite.StorageError)
     assert "q.db" in str(results["bad"])
@@ -329,8 +329,7 @@ def test_plain_puts_of_one_batch_share_one_insert_and_get_ids_in_arrival_order(t
     storage._conn_lock.acquire()  # callers pile up behind the first
     first = threading.Thread(target=put, args=("first", [Envelope(b"1")]))
     first.start()
-    while not storage._busy or storage._pending:
-        pass
+    wait_until(lambda: storage._busy and not storage._pending, what="the first caller to take its batch and wait")
     later = [
         ("a", [Envelope(b"a")]),
         ("delayed", [Envelope(b"d", delay=5.0)]),  # not plain: runs on its own
@@ -340,11 +339,12 @@ def test_plain_puts_of_one_batch_share_one_insert_and_get_ids_in_arrival_order(t
     for number, (name, envelopes) in enumerate(later, 1):
         threads.append(threading.Thread(target=put, args=(name, envelopes)))
         threads[-1].start()
-        while len(storage._pending) < number:  # one at a time, so the arrival order is known
-            pass
+        # one at a time, so the arrival order is known
+        wait_until(lambda n=number: len(storage._pending) == n, what=f"caller {number} to queue")
     storage._conn_lock.release()
     for thread in [first, *threads]:
-        thread.join()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
     assert merged == [2]  # a and bc in one insert
     assert results["a"] == [3]
     assert results["bc"] == [4, 5]

@@ -369,17 +369,12 @@ def test_async_join_while_threads_ack(storage):
             acked += 1
         return acked
 
-    threads = [start_thread(consume, name=f"consumer-{i}") for i in range(3)]
-
-    async def produce_and_join() -> bool:
-        await q.aput_many(range(60))
-        return await q.ajoin(timeout=2 * TIMEOUT)
-
     with LoopThread("a") as a, LoopThread("b") as b:
-        joined_a = a.submit(produce_and_join())
-        joined_b = b.submit(q.ajoin(timeout=2 * TIMEOUT))
-        assert joined_a.result(3 * TIMEOUT) is True
-        assert joined_b.result(TIMEOUT) is True
+        a.submit(q.aput_many(range(60))).result(TIMEOUT)
+        joined = [loop.submit(q.ajoin(timeout=2 * TIMEOUT)) for loop in (a, b)]
+        wait_until(lambda: waiting(q, "joiners") == 2, what="both joiners to wait")
+        threads = [start_thread(consume, name=f"consumer-{i}") for i in range(3)]  # only now
+        assert [future.result(3 * TIMEOUT) for future in joined] == [True, True]
     q.close()
     assert sum(thread.finish() for thread in threads) == 60
 
