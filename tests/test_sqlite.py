@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 from _doubles import TIMEOUT, wait_until
@@ -213,6 +214,28 @@ def test_closed_storage_raises_storage_error(tmp_path):
     storage.close()
     with pytest.raises(mqlite.StorageError, match="closed"):
         storage.put("q", [Envelope(b"x")], T0)
+
+
+def test_a_write_lock_held_past_busy_timeout_gives_storage_locked_then_calls_work_again(tmp_path):
+    """Another connection holds the write lock: the put waits about ``busy_timeout`` in all
+    (SQLite's busy handler and the retries together; it once waited twice that), raises
+    :class:`~mqlite.StorageLocked` naming the file, stores nothing, and works once the lock
+    is gone."""
+    path = tmp_path / "locked.db"
+    storage = SQLiteStorage(path, busy_timeout=1.0)
+    storage.put("q", [Envelope(b"before")], T0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(mqlite.StorageLocked, match=r"locked\.db"):
+        storage.put("q", [Envelope(b"refused")], T0)
+    assert time.monotonic() - started < 2 * storage.busy_timeout  # generous: the bug took 2x
+    holder.execute("COMMIT")
+    holder.close()
+    storage.put("q", [Envelope(b"after")], T0)
+    assert [m.body for m in storage.peek("q", 10, T0)] == [b"before", b"after"]
+    assert storage._connection().execute("PRAGMA busy_timeout").fetchone() == (1000,)
+    storage.close()
 
 
 def test_specs_live_in_the_database(tmp_path):

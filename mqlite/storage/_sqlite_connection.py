@@ -45,29 +45,46 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 
 
 def begin_immediate(conn: sqlite3.Connection, busy_timeout: float) -> None:
-    """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until ``busy_timeout``.
+    """BEGIN IMMEDIATE, retried (beyond SQLite's own busy handler) until ``busy_timeout``
+    seconds have passed since the first attempt, then the busy or locked error is raised.
 
     SQLite's busy handler does not cover every case where another connection holds the write
-    lock, so a busy or locked error is retried here, with a backoff from 1 ms to 50 ms."""
+    lock, so a busy or locked error is retried here, with a backoff from 1 ms to 50 ms. Each
+    retry's own busy handler is limited to the time left, so the whole wait stays within
+    ``busy_timeout`` (plus one backoff step), as documented."""
+    started = time.monotonic()
     try:
         conn.execute("BEGIN IMMEDIATE")  # the usual case, without the retry loop's set-up
         return
     except sqlite3.OperationalError as error:
-        text = str(error)
-        if "locked" not in text and "busy" not in text:
+        if not _busy(error):
             raise
-    deadline = time.monotonic() + busy_timeout
+        last = error
+    deadline = started + busy_timeout
     pause = 0.001
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as error:
-            text = str(error)
-            if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise last
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+            conn.execute(f"PRAGMA busy_timeout = {max(int((deadline - time.monotonic()) * 1000), 0)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if not _busy(error):
+                    raise
+                last = error
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether ``error`` says another connection holds the lock (worth waiting for)."""
+    text = str(error)
+    return "locked" in text or "busy" in text
 
 
 class ForkAware(Protocol):
