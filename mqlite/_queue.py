@@ -100,7 +100,15 @@ class Queue(Generic[T]):
         lease = _validate.seconds("lease", lease, positive=True)
         if max_attempts is not None:
             _validate.count("max_attempts", max_attempts)
-        dead_letter = name + ".dead" if dead_letter is None else _validate.queue_name(dead_letter, "dead_letter")
+        if dead_letter is None:
+            dead_letter = name + ".dead"
+            if len(dead_letter) > _validate.MAX_NAME_LENGTH:
+                raise ValueError(
+                    f"queue name is {len(name)} characters long: its dead-letter queue (name + '.dead') "
+                    f"would pass the limit of {_validate.MAX_NAME_LENGTH}; use a shorter name or pass dead_letter="
+                )
+        else:
+            dead_letter = _validate.queue_name(dead_letter, "dead_letter")
         if dead_letter == name:
             raise ValueError(f"dead_letter must differ from the queue name {name!r}")
         dedup_window = _validate.seconds("dedup_window", dedup_window)

@@ -100,8 +100,16 @@ def test_invalid_dead_letter_names_are_refused(name: object, error: type[Excepti
 
 
 def test_longest_valid_name_and_dots_inside_are_accepted() -> None:
-    assert mqlite.Queue("x" * 200).name == "x" * 200
+    assert mqlite.Queue("x" * 195).dead_letter == "x" * 195 + ".dead"  # the longest with the default
+    assert mqlite.Queue("x" * 200, dead_letter="x.dead").name == "x" * 200
     assert mqlite.Queue("billing.v2-émails_1").name == "billing.v2-émails_1"
+
+
+def test_a_name_whose_default_dead_letter_queue_would_be_too_long_is_refused() -> None:
+    storage = mqlite.MemoryStorage()
+    with pytest.raises(ValueError, match=r"dead-letter queue \(name \+ '\.dead'\) would pass the limit of 200"):
+        mqlite.Queue("x" * 196, storage=storage)
+    assert storage._index.queues == {}  # nothing was declared
 
 
 def test_dead_letter_equal_to_the_queue_is_refused() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .base import (
     DEATH_ATTEMPTS as DEATH_ATTEMPTS,
     DEATH_DETAIL as DEATH_DETAIL,
+    DEATH_HEADERS as DEATH_HEADERS,
     DEATH_QUEUE as DEATH_QUEUE,
     DEATH_REASON as DEATH_REASON,
     Envelope as Envelope,
@@ -28,6 +29,7 @@ from .sqlite import SQLiteStorage as SQLiteStorage
 __all__ = [
     "DEATH_ATTEMPTS",
     "DEATH_DETAIL",
+    "DEATH_HEADERS",
     "DEATH_QUEUE",
     "DEATH_REASON",
     "Envelope",
