@@ -71,7 +71,9 @@ class LeaseLost(Error):
 
 
 class SerializationError(Error, ValueError):
-    """Raised when the serializer cannot encode a body (nothing was enqueued) or decode one."""
+    """Raised when the serializer cannot encode a body (nothing was enqueued), or by ``peek()``
+    when it cannot decode a stored one (a get instead moves such a message to the dead-letter
+    queue, since it would fail every delivery)."""
 
 
 class StorageError(Error):

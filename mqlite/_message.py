@@ -82,7 +82,8 @@ class Message(Generic[T]):
 
     @property
     def lease_expires_at(self) -> float | None:
-        """When this delivery's lease ends (queue clock), or None for a peeked message."""
+        """When this delivery's lease ends (queue clock). For a message from ``peek()``: when its
+        current lease ends if it is in flight, else None."""
         return self._expires
 
     def __repr__(self) -> str:

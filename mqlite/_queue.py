@@ -562,8 +562,8 @@ class Queue(Generic[T]):
         return await self._put_async(envelopes, _validate.timeout(timeout))
 
     def producer(self, **defaults: Any) -> Producer[T]:
-        """A handle whose puts use ``defaults`` (delay, priority, group, headers, block,
-        timeout) unless a call overrides them."""
+        """A handle whose puts use ``defaults`` (delay, priority, group, dedup_key, headers,
+        block, timeout) unless a call overrides them."""
         self._check_open()
         return Producer(self, defaults)
 

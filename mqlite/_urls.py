@@ -32,10 +32,11 @@ register_scheme("sqlite", _sqlite_url)
 
 
 def open_storage(url: str) -> Storage:
-    """Open the storage a URL names: ``memory://`` (a new private in-memory storage).
-
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` and ``file:///dir`` arrive with their
-    storages. An unknown scheme or a malformed URL raises ``ValueError`` naming it.
+    """Open the storage a URL names: ``memory://`` (a new private in-memory storage),
+    ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (:class:`SQLiteStorage`), and
+    ``file:///absolute/dir`` or ``file://relative/dir`` (:class:`FileStorage`); options go in
+    a query string (``?durability=normal``; for ``file://`` also ``segment_size=`` and
+    ``salvage=``). An unknown scheme, option or a malformed URL raises ``ValueError`` naming it.
     """
     if not isinstance(url, str):
         raise TypeError(f"storage URL must be a str, not {type(url).__name__}")

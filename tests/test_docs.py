@@ -13,7 +13,7 @@ PAGES = sorted(DOCS.glob("*.md"))
 
 def test_the_documented_pages_exist() -> None:
     names = {page.name for page in PAGES}
-    assert {"semantics.md", "concurrency.md", "storages.md"} <= names
+    assert {"api.md", "semantics.md", "concurrency.md", "storages.md", "file-format.md", "performance.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])

@@ -1,8 +1,9 @@
 """Storages and the interface they implement.
 
 :class:`Storage` is the interface (see ``docs/storages.md`` for writing one);
-:class:`MemoryStorage` is the in-process storage; :class:`FileStorage` keeps queues in an
-append-only log in a directory. Every storage is checked by the conformance
+:class:`MemoryStorage` is the in-process storage; :class:`SQLiteStorage` keeps queues in one
+SQLite database file that processes on one host share; :class:`FileStorage` keeps them in an
+append-only log in a directory, for one process. Every storage is checked by the conformance
 suite in :mod:`mqlite.testing`.
 """
 
