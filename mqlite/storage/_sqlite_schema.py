@@ -89,20 +89,22 @@ UPGRADES: Final[dict[int, tuple[str, ...]]] = {
 """Statements taking the schema from version ``v`` to ``v + 1``, run at open in one transaction."""
 
 CLAIM: Final = """
-UPDATE mq_messages SET state = 2, attempts = attempts + 1, token = token + 1, deadline = ?1
+UPDATE mq_messages SET state = 2, attempts = attempts + 1, token = token + 1, deadline = :until
 WHERE id IN (
     SELECT m.id FROM mq_messages AS m
-    WHERE m.qid = ?2 AND m.state = 0
+    WHERE m.qid = :qid AND m.state = 0
       AND (m.grp IS NULL OR (
-            m.id = (SELECT min(g.id) FROM mq_messages AS g WHERE g.qid = ?2 AND g.grp = m.grp)
+            m.id = (SELECT min(g.id) FROM mq_messages AS g WHERE g.qid = :qid AND g.grp = m.grp)
             AND NOT EXISTS (SELECT 1 FROM mq_messages AS f INDEXED BY mq_busy
-                            WHERE f.qid = ?2 AND f.grp = m.grp AND f.state = 2 AND f.grp IS NOT NULL)))
+                            WHERE f.qid = :qid AND f.grp = m.grp AND f.state = 2 AND f.grp IS NOT NULL)))
     ORDER BY m.deadline, m.id
-    LIMIT ?3)
+    LIMIT :n)
 RETURNING id, token, body, attempts, enqueued_at, priority, grp, headers
 """
-"""A lease of up to ``?3`` messages of queue ``?2`` until ``?1``: the ready rows in delivery order
-that are not behind an earlier or in-flight message of their group, in one statement."""
+"""A lease of up to ``:n`` messages of queue ``:qid`` until ``:until``: the ready rows in
+delivery order that are not behind an earlier or in-flight message of their group, in one
+statement. Named parameters, bound from a dict: numbered ones (``?1``) bound from a sequence
+are deprecated since Python 3.12 and an error from 3.14."""
 CLAIM_ONE: Final = CLAIM.replace("WHERE id IN (", "WHERE id = (", 1)
 """The claim of one message (a plain get): a scalar subquery, no list of ids to build (~2 us less)."""
 INSERT: Final = (
@@ -136,28 +138,28 @@ def insert_plain(conn: sqlite3.Connection, qid: int, flat: list[object]) -> None
 
 PEEK_COLUMNS: Final = "id, state, body, attempts, enqueued_at, priority, grp, headers, deadline"
 PEEK: Final = f"""
-SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 0 ORDER BY deadline, id LIMIT ?2)
+SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = :qid AND state = 0 ORDER BY deadline, id LIMIT :n)
 UNION ALL
-SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 1
-               ORDER BY priority DESC, id LIMIT ?2)
+SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = :qid AND state = 1
+               ORDER BY priority DESC, id LIMIT :n)
 UNION ALL
-SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = ?1 AND state = 2
-               ORDER BY priority DESC, id LIMIT ?2)
+SELECT * FROM (SELECT {PEEK_COLUMNS} FROM mq_messages WHERE qid = :qid AND state = 2
+               ORDER BY priority DESC, id LIMIT :n)
 """
-"""Up to ``?2`` messages of each state of queue ``?1`` (the caller sorts and cuts them)."""
+"""Up to ``:n`` messages of each state of queue ``:qid`` (the caller sorts and cuts them)."""
 COUNTS: Final = """
-SELECT (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 0),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 1),
-       (SELECT count(*) FROM mq_messages WHERE qid = ?1 AND state = 2)
+SELECT (SELECT count(*) FROM mq_messages WHERE qid = :qid AND state = 0),
+       (SELECT count(*) FROM mq_messages WHERE qid = :qid AND state = 1),
+       (SELECT count(*) FROM mq_messages WHERE qid = :qid AND state = 2)
 """
-"""The ready, delayed and in-flight counts of queue ``?1``."""
+"""The ready, delayed and in-flight counts of queue ``:qid``."""
 NEXT_DEADLINE: Final = """
 SELECT min(d) FROM (
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 1
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = :qid AND state = 1
     UNION ALL
-    SELECT min(deadline) AS d FROM mq_messages WHERE qid = ?1 AND state = 2)
+    SELECT min(deadline) AS d FROM mq_messages WHERE qid = :qid AND state = 2)
 """
-"""The earliest deadline of queue ``?1``'s delayed and in-flight rows (None if it has none)."""
+"""The earliest deadline of queue ``:qid``'s delayed and in-flight rows (None if it has none)."""
 
 
 def check_file(conn: sqlite3.Connection, path: str) -> tuple[int, bool]:

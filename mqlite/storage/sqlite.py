@@ -333,7 +333,7 @@ class SQLiteStorage(Combiner, Storage):
                 else:
                     back.append((mid,))
             conn.executemany("UPDATE mq_messages SET state = 0, deadline = -priority WHERE id = ?", back)
-        deadline = conn.execute(NEXT_DEADLINE, (qid,)).fetchone()[0]
+        deadline = conn.execute(NEXT_DEADLINE, {"qid": qid}).fetchone()[0]
         self._bound[qid] = math.inf if deadline is None else deadline
 
     def _kill(
@@ -404,7 +404,7 @@ class SQLiteStorage(Combiner, Storage):
                 keys[key] = position
         fresh = count - (len(duplicates) if duplicates else 0)
         if maxsize:
-            ready, delayed, _ = conn.execute(COUNTS, (qid,)).fetchone()
+            ready, delayed, _ = conn.execute(COUNTS, {"qid": qid}).fetchone()
             if ready + delayed + fresh > maxsize:
                 return None
         if not fresh:
@@ -464,7 +464,11 @@ class SQLiteStorage(Combiner, Storage):
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
         expires_at = now + lease
-        rows = conn.execute(CLAIM_ONE if n == 1 else CLAIM, (expires_at, qid, n)).fetchall() if n > 0 else []
+        rows = (
+            conn.execute(CLAIM_ONE if n == 1 else CLAIM, {"until": expires_at, "qid": qid, "n": n}).fetchall()
+            if n > 0
+            else []
+        )
         if not rows:
             self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
             self._cached_at = self._writes
@@ -627,7 +631,7 @@ class SQLiteStorage(Combiner, Storage):
     def _do_peek(self, conn: sqlite3.Connection, queue: str, n: int, now: float) -> list[Leased]:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        rows = conn.execute(PEEK, (qid, n)).fetchall()
+        rows = conn.execute(PEEK, {"qid": qid, "n": n}).fetchall()
         rows.sort(key=lambda row: (-row[5], row[0]))
         return [
             Leased(
@@ -647,13 +651,13 @@ class SQLiteStorage(Combiner, Storage):
     def _do_counts(self, conn: sqlite3.Connection, queue: str, now: float) -> tuple[int, int, int]:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        ready, delayed, in_flight = conn.execute(COUNTS, (qid,)).fetchone()
+        ready, delayed, in_flight = conn.execute(COUNTS, {"qid": qid}).fetchone()
         return ready, delayed, in_flight
 
     def _do_stats(self, conn: sqlite3.Connection, queue: str, now: float) -> QueueStats:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        ready, delayed, in_flight = conn.execute(COUNTS, (qid,)).fetchone()
+        ready, delayed, in_flight = conn.execute(COUNTS, {"qid": qid}).fetchone()
         name, _, dead_name, _ = self._spec(conn, qid)
         dead_row = conn.execute("SELECT qid FROM mq_queues WHERE name = ?", (dead_name,)).fetchone()
         dead = 0
@@ -669,7 +673,7 @@ class SQLiteStorage(Combiner, Storage):
     def _do_next_wakeup(self, conn: sqlite3.Connection, queue: str, now: float) -> float | None:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        deadline = conn.execute(NEXT_DEADLINE, (qid,)).fetchone()[0]
+        deadline = conn.execute(NEXT_DEADLINE, {"qid": qid}).fetchone()[0]
         self._wake[qid] = (self._writes, deadline)
         self._cached_at = self._writes
         return self._polled(qid, now, deadline)
