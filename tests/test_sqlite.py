@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from mqlite.storage.sqlite import SQLiteStorage
 from mqlite.testing import make_conformance_test
 
 _dirs = tempfile.TemporaryDirectory(prefix="mqlite-sqlite-conformance-")
+atexit.register(_dirs.cleanup)  # explicitly, not by the finalizer (a ResourceWarning)
 _numbers = itertools.count()
 
 
