@@ -3,6 +3,7 @@ commit, compaction bounds, URLs, and reopen timing (measured, not asserted)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -284,6 +285,55 @@ def test_normal_durability_never_syncs_on_put(tmp_path, monkeypatch):
     monkeypatch.undo()
     storage.close()
     assert calls == []
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_a_full_disk_fails_the_call_stops_the_storage_and_loses_nothing_that_returned(
+    tmp_path, monkeypatch, durability
+):
+    """The disk fills while a put is written (under "full", while the sync leader writes the
+    waiting records): that put raises a StorageError naming the log and the cause, the storage
+    refuses every later call (its memory may be ahead of its log), nothing partial stays in the
+    file, and reopening the directory gives back every put that returned and its acks, and
+    nothing of the put that failed."""
+    directory = str(tmp_path / "mq")
+    storage = FileStorage(directory, durability=durability)
+    storage.open_queue(QueueSpec("q", None))
+    kept = [storage.put("q", [Envelope(b"kept-%d" % n)], T0)[0] for n in range(5)]
+    [first] = storage.lease("q", 1, T0, 30.0)
+    storage.ack("q", [(first.id, first.token)], T0)
+    real = _log.pwrite_all
+    real_pwrite = os.pwrite
+
+    def no_space(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_space_pwrite(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_log, "pwrite_all", no_space)
+    monkeypatch.setattr(os, "pwrite", no_space_pwrite)
+    with pytest.raises(mqlite.StorageError, match="No space left on device") as failed:
+        storage.put("q", [Envelope(b"lost")], T0)
+    assert directory in str(failed.value)
+    monkeypatch.setattr(_log, "pwrite_all", real)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    with pytest.raises(mqlite.StorageError, match="close it and open the directory again"):
+        storage.put("q", [Envelope(b"refused")], T0)
+    with pytest.raises(mqlite.StorageError):
+        storage.lease("q", 1, T0, 30.0)
+    storage.close()
+    reopened = FileStorage(directory, durability=durability)
+    try:
+        assert [m.body for m in reopened.peek("q", 10, T0)] == [b"kept-%d" % n for n in range(1, 5)]
+        assert [m.id for m in reopened.peek("q", 10, T0)] == kept[1:]
+        later = reopened.put("q", [Envelope(b"after")], T0)
+        assert later[0] > kept[-1]
+    finally:
+        reopened.close()
 
 
 # -- compaction --------------------------------------------------------------------------------
