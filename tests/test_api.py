@@ -412,6 +412,20 @@ def test_handles_are_context_managers() -> None:
             assert hasattr(cls, method)
 
 
+def test_every_storage_is_a_context_manager_that_closes_it(tmp_path) -> None:
+    for make in (
+        mqlite.MemoryStorage,
+        lambda: mqlite.SQLiteStorage(tmp_path / "q.db"),
+        lambda: mqlite.FileStorage(tmp_path / "log"),
+    ):
+        with make() as storage:
+            with mqlite.Queue("jobs", storage) as q:
+                q.put("kept")
+            assert q.closed
+        with pytest.raises(mqlite.StorageError, match="closed"):
+            storage.put("jobs", [mqlite.storage.Envelope(b"late")], 0.0)
+
+
 def test_consumer_settings_are_readable() -> None:
     q: mqlite.Queue[str] = mqlite.Queue("jobs", lease=30)
     consumer = q.consumer(lease=5)

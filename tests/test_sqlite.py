@@ -477,17 +477,20 @@ def test_queue_on_a_sqlite_url_survives_reopening(tmp_path, monkeypatch):
 
 def test_async_front_on_sqlite(tmp_path):
     async def main() -> list[object]:
-        async with mqlite.Queue("jobs", storage=SQLiteStorage(tmp_path / "q.db")) as q:
-            getter = asyncio.ensure_future(q.aget(timeout=30))
-            await q.aput("hello")
-            msg = await getter
-            await msg.aack()
-            await q.aput_many(["a", "b"])
-            got = await q.aget_many(5, timeout=5)
-            for m in got:
-                await m.aack()
-            assert await q.ajoin(timeout=5)
-            return [msg.body, *(m.body for m in got)]
+        with SQLiteStorage(tmp_path / "q.db") as storage:  # a storage used as a context manager
+            async with mqlite.Queue("jobs", storage) as q:
+                getter = asyncio.ensure_future(q.aget(timeout=30))
+                await q.aput("hello")
+                msg = await getter
+                await msg.aack()
+                await q.aput_many(["a", "b"])
+                got = await q.aget_many(5, timeout=5)
+                for m in got:
+                    await m.aack()
+                assert await q.ajoin(timeout=5)
+            assert not storage._closed  # the queue did not close a storage it was given
+        assert storage._closed
+        return [msg.body, *(m.body for m in got)]
 
     assert asyncio.run(main()) == ["hello", "a", "b"]
 

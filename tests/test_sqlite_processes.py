@@ -29,7 +29,7 @@ GROUPS = 4
 
 
 def _produce(path: str, number: int) -> None:
-    with mqlite.Queue("jobs", storage=SQLiteStorage(path, durability="normal"), lease=60.0) as q:
+    with SQLiteStorage(path, durability="normal") as storage, mqlite.Queue("jobs", storage, lease=60.0) as q:
         for i in range(PER_PRODUCER):
             group = f"g{i % GROUPS}" if i % 3 == 0 else None
             q.put([number, i, group], group=group)
@@ -42,7 +42,7 @@ def _consume(path: str, done: Any, holders: Any, sequence: Any, results: Any) ->
     acked: list[int] = []
     grouped: list[tuple[str, int, int]] = []
     violations = 0
-    with mqlite.Queue("jobs", storage=SQLiteStorage(path, durability="normal"), lease=60.0) as q:
+    with SQLiteStorage(path, durability="normal") as storage, mqlite.Queue("jobs", storage, lease=60.0) as q:
         while done.value < expected:
             try:
                 msg = q.get(timeout=0.5)
@@ -94,7 +94,7 @@ def test_three_producers_three_consumers_exactly_once_and_groups_exclusive(tmp_p
     for group, items in served.items():
         ids = [mid for _, mid in sorted(items)]
         assert ids == sorted(ids), f"group {group} was served out of id order"
-    with mqlite.Queue("jobs", storage=SQLiteStorage(path)) as q:
+    with SQLiteStorage(path) as storage, mqlite.Queue("jobs", storage) as q:
         assert q.stats() == mqlite.QueueStats(0, 0, 0, 0, None)
 
 
@@ -320,7 +320,7 @@ def test_a_blocked_aget_in_another_process_wakes_when_this_process_puts(tmp_path
 
 def _take_and_ack(path: str, name: str, count: int, go: Any) -> None:
     assert go.wait(60)
-    with mqlite.Queue(name, storage=SQLiteStorage(path), lease=600.0) as q:
+    with SQLiteStorage(path) as storage, mqlite.Queue(name, storage, lease=600.0) as q:
         for _ in range(count):
             q.get(timeout=60).ack()
 

@@ -17,7 +17,7 @@ import abc
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Self
 
 __all__ = [
     "DEATH_ATTEMPTS",
@@ -228,3 +228,10 @@ class Storage(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - closing is optional for storages holding nothing
         """Release what the storage holds (connections, files, locks). Idempotent."""
+
+    def __enter__(self) -> Self:
+        """``with SQLiteStorage(path) as store:``: the storage, closed when the block ends."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
