@@ -793,10 +793,8 @@ class Queue(Generic[T]):
             if wake_at is not None:
                 until = max(wake_at - self._clock(), 0.0)
                 remaining = until if remaining is None else min(remaining, until)
-            try:
-                await _sleep_on(waiter, remaining, channel, channel.joiners)
-            finally:
-                channel.withdraw(channel.joiners, waiter, pass_on=False)
+            await _sleep_on(waiter, remaining, channel, channel.joiners)  # withdraws if cancelled
+            channel.withdraw(channel.joiners, waiter, pass_on=False)
 
     def close(self) -> None:
         """Close the queue: release the leases its consumers hold (no attempt counted), wake

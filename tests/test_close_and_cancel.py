@@ -310,6 +310,21 @@ async def test_put_cancelled_race(storage):
 
 
 @async_test
+async def test_a_cancelled_ajoin_raises_cancelled_error_and_leaves_no_joiner(storage):
+    q = mqlite.Queue("cancel", storage=storage)
+    q.put_nowait("unsettled")
+    joiner = asyncio.create_task(q.ajoin())
+    await async_wait_until(lambda: waiting(q, "joiners") == 1, what="a blocked ajoin")
+    joiner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    assert waiting(q, "joiners") == 0
+    q.get_nowait().ack()
+    assert await asyncio.wait_for(q.ajoin(), TIMEOUT) is True
+    q.close()
+
+
+@async_test
 async def test_cancel_after_notify_passes_the_wake_on_to_another_getter():
     """A getter whose future was resolved but is cancelled before it runs must not swallow
     the wake-up: the other getter receives the message."""
