@@ -180,13 +180,13 @@ class Consumer(Generic[T]):
         """Lease ``n`` messages, sleeping until one is eligible, the deadline, or close."""
         channel = self._queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = False
+        duty = False
         while True:
             try:
                 taken, waiter, remaining = self._attempt(n, block, deadline, timeout, ThreadWaiter)
-            except BaseException as error:
-                if woken and not isinstance(error, Empty):
-                    channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
+            except BaseException:
+                if duty:
+                    channel.notify(channel.getters, 1)  # hand on what this caller will not do
                 raise
             if taken:
                 return taken
@@ -197,7 +197,7 @@ class Consumer(Generic[T]):
             except BaseException:
                 channel.withdraw(channel.getters, waiter, pass_on=True)
                 raise
-            woken = channel.withdraw(channel.getters, waiter, pass_on=False)
+            duty = channel.withdraw(channel.getters, waiter, pass_on=False) or waiter.wake_at != NEVER
 
     def _attempt(
         self,
@@ -245,16 +245,16 @@ class Consumer(Generic[T]):
         queue = self._queue
         channel = queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = False
+        duty = False
         while True:
             try:
                 if queue._storage.blocking_io and not self._buffer:
                     taken, waiter, remaining = await self._attempt_off_loop(n, deadline, timeout)
                 else:
                     taken, waiter, remaining = self._attempt(n, True, deadline, timeout, AsyncWaiter)
-            except BaseException as error:
-                if woken and not isinstance(error, Empty):
-                    channel.notify(channel.getters, 1)  # this caller cannot use its wake-up
+            except BaseException:
+                if duty:
+                    channel.notify(channel.getters, 1)  # hand on what this caller will not do
                 raise
             if taken:
                 return taken
@@ -262,7 +262,7 @@ class Consumer(Generic[T]):
                 continue
             self._yielded = time.monotonic()
             await _sleep_on(waiter, remaining, channel, channel.getters)
-            woken = channel.withdraw(channel.getters, waiter, pass_on=False)
+            duty = channel.withdraw(channel.getters, waiter, pass_on=False) or waiter.wake_at != NEVER
 
     async def _attempt_off_loop(
         self, n: int, deadline: float | None, timeout: float | None

@@ -759,6 +759,7 @@ class Queue(Generic[T]):
                 return False
             wake_at = self._storage.next_wakeup(self._name, self._clock())
             waiter = ThreadWaiter(self)
+            waiter.wake_at = NEVER if wake_at is None else wake_at
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue
@@ -786,6 +787,7 @@ class Queue(Generic[T]):
                 return False
             wake_at = await self._call(self._storage.next_wakeup, self._name, self._clock())
             waiter = AsyncWaiter(self)
+            waiter.wake_at = NEVER if wake_at is None else wake_at
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue

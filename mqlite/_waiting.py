@@ -175,7 +175,8 @@ class Channel:
         messages were settled, which joiners check for.
 
         Wakes one getter per ready message, plus one to take over the timer if ``wake_at`` is
-        earlier than every sleeping getter's, up to ``room`` putters, and every joiner.
+        earlier than every sleeping getter's, up to ``room`` putters, every joiner if messages
+        were settled, else the joiners that would sleep past ``wake_at``.
         """
         mutex = self.mutex  # acquire/release: half the cost of ``with``, and this runs 3x a message
         mutex.acquire()
@@ -193,8 +194,11 @@ class Channel:
                     self._pop(self.getters, ready, getters)
             if room and self.putters:
                 self._pop(self.putters, room, putters)
-            if settled and self.joiners:
-                self._pop(self.joiners, len(self.joiners), joiners)
+            if self.joiners:
+                if settled:
+                    self._pop(self.joiners, len(self.joiners), joiners)
+                elif wake_at < NEVER:
+                    self._wake_late_joiners(wake_at, joiners)
         finally:
             mutex.release()
         if getters:
@@ -203,6 +207,16 @@ class Channel:
             self._wake(self.putters, putters)
         for waiter in joiners:
             waiter.wake()
+
+    def _wake_late_joiners(self, wake_at: float, chosen: list[Waiter]) -> None:
+        """Take the joiners that would sleep past ``wake_at`` (with the mutex held): something
+        may settle then without any call saying so (a lease ending into the dead-letter queue),
+        so they must look again and sleep until the new time."""
+        late = [waiter for waiter in self.joiners if waiter.wake_at > wake_at]
+        for waiter in late:
+            self.joiners.remove(waiter)
+            waiter.notified = True
+        chosen.extend(late)
 
     def _wake(self, waiters: deque[Waiter], chosen: list[Waiter]) -> None:
         failed = sum(1 for waiter in chosen if not waiter.wake())

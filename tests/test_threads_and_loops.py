@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -479,6 +480,68 @@ def test_a_sooner_delay_wakes_a_getter_sleeping_on_a_later_one(storage):
     finally:
         q.close()
     assert message.body == "near"
+
+
+def test_a_getter_that_times_out_hands_its_timer_to_one_still_waiting(storage):
+    """Two getters wait; a delayed put makes the first one the timer's holder (it sleeps until
+    the message is due), but its own timeout comes first. Leaving, it must hand the timer on:
+    the other getter, which has no timeout, would otherwise sleep past the due time forever."""
+    q: mqlite.Queue[str] = mqlite.Queue("delays", storage=storage)
+    impatient = start_thread(q.get, True, 0.3, name="impatient")
+    wait_until(lambda: waiting(q) == 1, what="the impatient getter to block")
+    patient = start_thread(q.get, name="patient")
+    wait_until(lambda: waiting(q) == 2, what="both getters to block")
+    q.put("later", delay=1.0)  # wakes the first getter to take the timer
+    with pytest.raises(mqlite.Empty):
+        impatient.finish()
+    try:
+        message = patient.finish()
+    finally:
+        q.close()
+    assert message.body == "later"
+
+
+@async_test
+async def test_an_async_getter_that_times_out_hands_its_timer_on():
+    q: mqlite.Queue[str] = mqlite.Queue("delays")
+    impatient = asyncio.ensure_future(q.aget(timeout=0.3))
+    await async_wait_until(lambda: waiting(q) == 1, what="the impatient getter to block")
+    patient = asyncio.ensure_future(q.aget())
+    await async_wait_until(lambda: waiting(q) == 2, what="both getters to block")
+    q.put("later", delay=1.0)
+    with pytest.raises(mqlite.Empty):
+        await impatient
+    message = await asyncio.wait_for(patient, TIMEOUT)
+    assert message.body == "later"
+    q.close()
+
+
+def test_join_returns_when_a_lease_ends_into_the_dead_letter_queue(storage):
+    """The only message is leased and never settled; with max_attempts=1 its lease's end
+    dead-letters it and the queue is settled. No call announces that (the storage applies it
+    lazily), so the joiner must wake at the lease's end by itself, though the lease was taken
+    after it went to sleep."""
+    q: mqlite.Queue[str] = mqlite.Queue("joins", storage=storage, max_attempts=1)
+    q.put("doomed")
+    joiner = start_thread(q.join, name="joiner")
+    wait_until(lambda: waiting(q, "joiners") == 1, what="the joiner to block")
+    q.consumer(lease=0.3).get_nowait()  # leased after the joiner slept; never settled
+    try:
+        assert joiner.finish() is True
+    finally:
+        q.close()
+    assert q.storage.stats(q.name, time.time()).dead == 1
+
+
+@async_test
+async def test_ajoin_returns_when_a_lease_ends():
+    q: mqlite.Queue[str] = mqlite.Queue("joins", max_attempts=1)
+    q.put("doomed")
+    joiner = asyncio.ensure_future(q.ajoin())
+    await async_wait_until(lambda: waiting(q, "joiners") == 1, what="the joiner to block")
+    q.consumer(lease=0.3).get_nowait()
+    assert await asyncio.wait_for(joiner, TIMEOUT) is True
+    q.close()
 
 
 def test_a_delay_wakes_getters_of_threads_and_loops(storage):
