@@ -317,6 +317,42 @@ def test_concurrent_calls_share_one_transaction_and_a_failing_call_fails_alone(t
     storage.close()
 
 
+def test_a_call_failing_in_its_cache_answer_fails_alone_and_the_batch_goes_on(tmp_path):
+    """A lease with a bad argument fails where the cache looks at it, before any transaction:
+    the put combined with it in the same batch must still be stored and return its id."""
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.put("q", [Envelope(b"warm-up")], T0)
+    [warm] = storage.lease("q", 1, T0, 30.0)
+    storage.ack("q", [(warm.id, warm.token)], T0)
+    assert storage.lease("q", 1, T0, 30.0) == []  # now the cache knows the queue is empty
+    results: dict[str, object] = {}
+
+    def call(name: str, function: object, *args: object) -> None:
+        try:
+            results[name] = function(*args)  # type: ignore[operator]
+        except Exception as error:
+            results[name] = error
+
+    storage._conn_lock.acquire()  # callers pile up behind the first
+    first = threading.Thread(target=call, args=("first", storage.peek, "q", 10, T0))  # writes nothing
+    first.start()
+    wait_until(lambda: storage._busy and not storage._pending, what="the first caller to take its batch and wait")
+    bad = threading.Thread(target=call, args=("bad", storage.lease, "q", 1, "not a time", 30.0))
+    bad.start()
+    wait_until(lambda: len(storage._pending) == 1, what="the bad lease to queue")
+    good = threading.Thread(target=call, args=("good", storage.put, "q", [Envelope(b"kept")], T0))
+    good.start()
+    wait_until(lambda: len(storage._pending) == 2, what="the put to queue behind it")
+    storage._conn_lock.release()
+    for thread in (first, bad, good):
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    assert isinstance(results["bad"], Exception)
+    assert isinstance(results["good"], list), results["good"]
+    assert [m.body for m in storage.peek("q", 10, T0)] == [b"kept"]
+    storage.close()
+
+
 def test_plain_batches_of_any_size_keep_ids_bodies_and_order(tmp_path):
     """Plain batches are inserted 100 rows per statement, then row by row for the rest."""
     storage = SQLiteStorage(tmp_path / "q.db", durability="normal")

@@ -207,6 +207,11 @@ class Combiner(abc.ABC):
         try:
             with self._conn_lock:
                 self._run(batch)
+        except BaseException as error:  # not a call's own failure (those land in the call)
+            for op in batch:
+                if op.error is None:
+                    op.error = error  # none of the batch's callers may take its call for done
+            raise
         finally:
             with self._mutex:
                 successor = self._pending[0] if self._pending else None
@@ -246,7 +251,11 @@ class Combiner(abc.ABC):
         for op in batch:  # calls that a cache answers need no transaction
             answer = fast.get(op.function.__name__)
             if answer is not None:
-                result = answer(self, *op.args)
+                try:
+                    result = answer(self, *op.args)
+                except BaseException as error:  # this call's own failure (a bad argument)
+                    op.error = error
+                    continue
                 if result is not MISS:
                     op.result = result
                     continue
