@@ -219,3 +219,37 @@ def test_many_threads_through_segment_rolls_and_compactions_all_return(tmp_path)
     reopened = FileStorage(directory)
     assert reopened.counts("q", T0)[0] + reopened.counts("q", T0)[2] == 900 - len(acked)
     reopened.close()
+
+
+def test_a_leader_interrupted_during_its_sync_does_not_leave_the_storage_stuck(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) reaching the thread that leads a sync is not a failed sync:
+    that put raises it, but the storage goes on; the next call leads a sync of its own, and the
+    interrupted put's record, already written, is synced by it."""
+    storage = FileStorage(str(tmp_path / "mq"), durability="full")
+    storage.open_queue(QueueSpec("q"))
+    storage._prealloc = 0  # no preallocation sync: the only fdatasync is the leader's
+    real_sync = os.fdatasync
+    interrupts = [KeyboardInterrupt()]
+
+    def interrupted_sync(fd: int) -> None:
+        if interrupts:
+            raise interrupts.pop()
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", interrupted_sync)
+    with pytest.raises(KeyboardInterrupt):
+        storage.put("q", [Envelope(b"interrupted")], T0)
+    done = threading.Event()
+
+    def later() -> None:
+        storage.put("q", [Envelope(b"later")], T0)
+        done.set()
+
+    thread = threading.Thread(target=later, daemon=True)
+    thread.start()
+    assert done.wait(60), "the put after the interruption never returned"
+    monkeypatch.undo()
+    storage.close()
+    reopened = FileStorage(str(tmp_path / "mq"))
+    assert [m.body for m in reopened.peek("q", 10, T0)] == [b"interrupted", b"later"]
+    reopened.close()

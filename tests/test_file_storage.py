@@ -628,3 +628,41 @@ def test_reopen_time_is_measured(tmp_path, record_property):
     storage.close()
     record_property("reopen_100k_seconds", elapsed)
     print(f"reopen of 100,000 live messages (op log): {elapsed:.3f} s")
+
+
+def test_an_interrupted_write_stops_the_storage_and_the_log_stays_consistent(tmp_path, monkeypatch):
+    """A KeyboardInterrupt inside the write of a put (durability "normal") leaves the index
+    ahead of the log: the storage must refuse every later call (an ack of that message would
+    name an id the log never got), and a reopen has exactly the puts that returned."""
+    directory = str(tmp_path / "mq")
+    storage = FileStorage(directory, durability="normal")
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"kept")], T0)
+    real_pwrite = os.pwrite
+
+    def interrupted(fd: int, data: bytes, offset: int) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "pwrite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        storage.put("q", [Envelope(b"interrupted")], T0)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    with pytest.raises(mqlite.StorageError, match="open the directory again"):
+        storage.lease("q", 5, T0, 30.0)
+    storage.close()
+    reopened = FileStorage(directory)
+    try:
+        assert [m.body for m in reopened.peek("q", 10, T0)] == [b"kept"]
+    finally:
+        reopened.close()
+
+
+def test_a_put_too_large_for_one_record_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    storage = FileStorage(str(tmp_path / "mq"), durability="normal")
+    storage.open_queue(QueueSpec("q", None))
+    monkeypatch.setattr(_log, "MAX_PAYLOAD", 64 << 10)  # 2 GiB in real life; too much for a test
+    with pytest.raises(ValueError, match="larger than one FileStorage record can hold"):
+        storage.put("q", [Envelope(b"x" * (40 << 10)), Envelope(b"y" * (40 << 10))], T0)
+    assert storage.counts("q", T0) == (0, 0, 0)
+    assert storage.put("q", [Envelope(b"x" * (40 << 10))], T0) == [1]
+    storage.close()

@@ -129,15 +129,34 @@ class GroupCommit:
                     break
                 waiter = _Waiter(end)
                 self._waiters.append(waiter)
-            waiter.gate.acquire()  # released once a sync covered us, it failed, or to try again
+            try:
+                waiter.gate.acquire()  # released once a sync covered us, it failed, or to try again
+            except BaseException:  # interrupted (KeyboardInterrupt): leave without stranding others
+                self._abandon(waiter)
+                raise
             if waiter.outcome == _COVERED:
                 return
             if waiter.outcome == _FAILED:
                 raise StorageError(f"{self!r} could not make the record durable") from self._failed
         self._lead()
 
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter interrupted while blocked leaves the queue of waiters; if a leader had
+        already handed it the next sync (``_RETRY``), another waiter gets that turn, so that the
+        records of those still waiting are synced."""
+        with self._sync_mutex:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.outcome == _RETRY and not self._syncing and self._waiters:
+                successor = self._waiters.pop(0)
+                successor.outcome = _RETRY
+                successor.gate.release()
+
     def _lead(self) -> None:
-        """Run one sync as the leader (``_syncing`` is set and this thread owns it)."""
+        """Run one sync as the leader (``_syncing`` is set and this thread owns it). If the
+        leader is interrupted (KeyboardInterrupt, MemoryError) rather than the sync failing, it
+        gives up leading before it re-raises: the next caller or a waiter leads instead, and
+        the records it had not seen synced are synced again by that sync."""
         mutex = self._sync_mutex
         mutex.acquire()
         try:
@@ -181,6 +200,11 @@ class GroupCommit:
             self._synced = max(self._synced, upto)
             self._syncing = False
             self._release_covered()
+        except BaseException:
+            if self._syncing:  # interrupted, not failed: hand the lead on (the mutex is held here)
+                self._syncing = False
+                self._release_covered()
+            raise
         finally:
             mutex.release()
 

@@ -29,7 +29,7 @@ HEADER = struct.Struct("<8sHHQI")  # magic, version, flags (0), segment number, 
 HEADER_SIZE: Final = HEADER.size  # 24
 FRAME = struct.Struct("<IIB")  # crc32, payload length, type
 FRAME_SIZE: Final = FRAME.size  # 9
-MAX_PAYLOAD: Final = 1 << 31
+MAX_PAYLOAD: Final = 1 << 31  # the largest record payload written (the length field is a u32)
 SUFFIX: Final = ".seg"
 TEMP_SUFFIX: Final = ".tmp"
 

@@ -264,10 +264,10 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         write releases the GIL while the writer holds the storage's lock, and the threads that
         run meanwhile only queue up on that lock, and writes landing during a running ``fdatasync``
         slow it down (W7f, 8 producers back to back: 21-32k puts/s before, 31-36k after)."""
-        data = _log.frame(kind, payload)
-        size = len(data)
         at = self._seg_bytes
         try:
+            data = _log.frame(kind, payload)  # in the try: a payload past 4 GiB fails here
+            size = len(data)
             if at + size > self._zeroed and self._prealloc:
                 self._pad(size)
             if self._full:
@@ -276,11 +276,14 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                 written = os.pwrite(self._fd, data, at)
                 if written < size:
                     _log.pwrite_all(self._fd, data[written:], at + written)
-        except OSError as exc:
+        except BaseException as exc:  # an OSError, or an interruption (KeyboardInterrupt) mid-write
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, at)
                 self._zeroed = at
-            raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
+            failure = self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}")
+            if isinstance(exc, OSError):
+                raise failure from exc
+            raise  # the index is ahead of the log now: the storage refuses every later call
         self._seg_bytes += size
         self._sizes[self._segment] = self._seg_bytes
         self._written += size
@@ -300,10 +303,13 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             at = self._out_pos
             try:
                 _log.pwrite_all(self._fd, data, at)
-            except OSError as exc:
+            except BaseException as exc:  # as in _write: the records taken from _out are lost
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, at)
-                raise self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}") from exc
+                failure = self._fail(exc, f"cannot append to {_log.segment_name(self._segment)}")
+                if isinstance(exc, OSError):
+                    raise failure from exc
+                raise
             self._out_pos = at + len(data)
             self._flushed += len(data)
 
@@ -434,6 +440,12 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
         envelopes = [self._checked(envelope) for envelope in envelopes]
         parts = _log.encode_envelopes(envelopes)
+        size = sum(map(len, parts))
+        if size > _log.MAX_PAYLOAD - 4096:  # the record's length field, with room for its header
+            raise ValueError(
+                f"a put of {size:,} bytes is larger than one FileStorage record can hold "
+                f"({_log.MAX_PAYLOAD:,} bytes); put fewer or smaller messages at a time"
+            )
         with self._gather, self._lock:
             self._usable()
             self._tick(queue, now)
