@@ -353,6 +353,63 @@ def test_a_call_failing_in_its_cache_answer_fails_alone_and_the_batch_goes_on(tm
     storage.close()
 
 
+def test_a_caller_interrupted_just_as_it_is_made_leader_hands_the_lead_on(tmp_path, monkeypatch):
+    """Ctrl-C reaches a waiting caller right after the previous leader made it the next one:
+    its call never runs, and the combiner does not stay busy with nobody leading (every later
+    call would wait forever)."""
+    storage = SQLiteStorage(tmp_path / "q.db")
+    storage.put("q", [Envelope(b"warm-up")], T0)
+    real_lock = threading.Lock
+    victim: list[threading.Thread] = []
+
+    class Gate:
+        """A waiting caller's gate; the victim's wait ends in a KeyboardInterrupt once released."""
+
+        def __init__(self) -> None:
+            self.lock = real_lock()
+            self.waits = 0
+
+        def acquire(self) -> bool:
+            self.waits += 1
+            self.lock.acquire()
+            if self.waits == 2 and threading.current_thread() in victim:
+                raise KeyboardInterrupt
+            return True
+
+        def release(self) -> None:
+            self.lock.release()
+
+    monkeypatch.setattr(_sqlite_combiner, "_new_gate", Gate)
+    outcome: dict[str, object] = {}
+
+    def put(name: str) -> None:
+        try:
+            outcome[name] = storage.put("q", [Envelope(name.encode())], T0)
+        except BaseException as error:
+            outcome[name] = error
+
+    storage._conn_lock.acquire()  # the first caller leads and waits for the connection
+    first = threading.Thread(target=put, args=("first",))
+    first.start()
+    wait_until(lambda: storage._busy and not storage._pending, what="the first caller to lead")
+    interrupted = threading.Thread(target=put, args=("interrupted",))
+    victim.append(interrupted)
+    interrupted.start()
+    wait_until(lambda: len(storage._pending) == 1, what="the second caller to wait")
+    storage._conn_lock.release()  # the first batch runs and makes the second caller lead
+    for thread in (first, interrupted):
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    assert isinstance(outcome["interrupted"], KeyboardInterrupt)
+    monkeypatch.undo()
+    later = threading.Thread(target=put, args=("later",), daemon=True)
+    later.start()
+    later.join(TIMEOUT)
+    assert not later.is_alive(), "the combiner stayed busy with nobody leading"
+    assert [m.body for m in storage.peek("q", 10, T0)] == [b"warm-up", b"first", b"later"]
+    storage.close()
+
+
 def test_plain_batches_of_any_size_keep_ids_bodies_and_order(tmp_path):
     """Plain batches are inserted 100 rows per statement, then row by row for the rest."""
     storage = SQLiteStorage(tmp_path / "q.db", durability="normal")

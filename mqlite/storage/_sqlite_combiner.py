@@ -40,6 +40,10 @@ _fdatasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
 A module global so that tests can watch or break it."""
 
 
+_new_gate: Callable[[], threading.Lock] = threading.Lock
+"""What a waiting caller blocks on (a module global so that tests can interrupt a wait)."""
+
+
 class WaitingCall:
     """One storage call waiting to run in the next combined transaction, and its outcome."""
 
@@ -141,13 +145,17 @@ class Combiner(abc.ABC):
             self._pending.append(op)
             gate = None
             if self._busy:
-                gate = op.gate = threading.Lock()
+                gate = op.gate = _new_gate()
                 gate.acquire()
             else:
                 self._busy = True
                 op.lead = True
         if gate is not None:
-            gate.acquire()  # released when our transaction ended, or when it is our turn to lead
+            try:
+                gate.acquire()  # released when our transaction ended, or when it is our turn to lead
+            except BaseException:  # interrupted (KeyboardInterrupt): leave without stranding others
+                self._abandon(op)
+                raise
         if op.lead:
             self._lead()
         if op.error is not None:
@@ -155,6 +163,26 @@ class Combiner(abc.ABC):
         if op.sync:
             self._sync_wal(op.sync)
         return op.result
+
+    def _abandon(self, op: WaitingCall) -> None:
+        """A caller interrupted while waiting: if its call has not been taken into a batch yet,
+        it is withdrawn (it never runs); if it had just been made the next leader, the lead
+        goes to the next call waiting, or the combiner becomes idle. A call already taken into
+        a running batch runs, and its outcome is dropped."""
+        with self._mutex:
+            if op not in self._pending:
+                return
+            self._pending.remove(op)
+            if not op.lead:
+                return
+            op.lead = False
+            if self._pending:
+                successor = self._pending[0]
+                successor.lead = True
+                assert successor.gate is not None
+                successor.gate.release()
+            else:
+                self._busy = False
 
     def _sync_wal(self, number: int) -> None:
         """Make commit ``number`` durable: fsync the WAL, unless an fsync that started after
