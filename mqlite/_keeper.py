@@ -60,7 +60,9 @@ class LeaseKeeper:
                 log.exception("mqlite: renewing the leases of %r failed", consumer)
                 again = True
             with self._condition:
-                if again:
+                # Held again since _renew looked (a get that called watch() meanwhile found the
+                # consumer still watched and scheduled nothing): keep renewing.
+                if again or (consumer._held and not consumer._closed):
                     due = time.monotonic() + consumer.lease / 3
                     heapq.heappush(self._due, (due, next(self._sequence), ref))
                 else:

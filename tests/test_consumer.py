@@ -324,6 +324,33 @@ def test_auto_extend_keeps_a_message_leased_past_its_lease():
         rival.close()
 
 
+def test_a_message_got_while_the_keeper_finds_the_consumer_empty_is_still_renewed(monkeypatch):
+    """The keeper renews, finds nothing held and is about to stop watching the consumer; just
+    then the consumer gets a new message, whose watch() sees it still watched and schedules
+    nothing. The keeper must notice the new message and keep renewing."""
+    clock = FakeClock()
+    with mqlite.Queue("work", clock=clock) as q:
+        q.put_many(["first", "second"])
+        consumer = q.consumer(lease=0.3, auto_extend=True)
+        real_renew = mqlite.Consumer._renew
+        raced: list[mqlite.Message[object]] = []
+
+        def renew_then_race(self: mqlite.Consumer[object]) -> bool:
+            if self is not consumer or raced:
+                return real_renew(self)
+            first.ack()
+            again = real_renew(self)  # nothing held: False
+            raced.append(self.get_nowait())  # held again; its watch() schedules nothing
+            return again
+
+        monkeypatch.setattr(mqlite.Consumer, "_renew", renew_then_race)
+        first = consumer.get_nowait()
+        wait_until(lambda: bool(raced), what="the keeper's racing renewal")
+        wait_until(lambda: any(ref() is consumer for _, _, ref in keeper()._due), what="the keeper to keep renewing")
+        raced[0].ack()
+        consumer.close()
+
+
 def test_without_auto_extend_the_lease_ends_and_the_message_comes_back(q):
     q.put("short job")
     holder = q.consumer(lease=0.2)
