@@ -15,9 +15,9 @@ _factories: dict[str, Callable[[str], Storage]] = {}
 
 
 def register_scheme(scheme: str, factory: Callable[[str], Storage]) -> None:
-    """Make ``open_storage`` hand URLs of ``scheme`` (the part before ``://``) to ``factory``,
-    which receives the rest of the URL."""
-    _factories[scheme] = factory
+    """Make ``open_storage`` hand URLs of ``scheme`` (the part before ``://``, in any case) to
+    ``factory``, which receives the rest of the URL."""
+    _factories[scheme.lower()] = factory
 
 
 def _memory(rest: str) -> Storage:

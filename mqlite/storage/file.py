@@ -356,14 +356,20 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         return self._prealloc + _PAGE if self._prealloc else 0
 
     def _swap_fd(self, fd: int, *, synced: bool) -> None:
-        """Make ``fd`` the file appended to, closing the old one once no sync uses it."""
+        """Make ``fd`` the file appended to, closing the old one once no sync uses it.
+
+        Under durability "full" the old file is synced first, unless ``synced`` says its state
+        is durable another way (a compaction's snapshot, synced before it took the old
+        segments' place); then every waiter the appended records cover is released."""
         with self._sync_mutex:
             self._wait_idle()
             old = self._fd
-            if synced or not self._full:
-                pass
-            elif old >= 0:
-                os.fdatasync(old)
+            if self._full and not synced and old >= 0:
+                try:
+                    os.fdatasync(old)
+                except OSError:
+                    os.close(fd)  # the new file is not taken: do not leak it
+                    raise
             if old >= 0:
                 os.close(old)
             self._fd = fd
@@ -375,10 +381,14 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         """Create segment ``number`` with its file header (synced, with its directory entry,
         under durability "full"); return its descriptor, open for writing."""
         fd = os.open(self._file(number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        _log.write_all(fd, _log.file_header(number))
-        if self._full:
-            os.fdatasync(fd)
-            _log.sync_directory(self.path)
+        try:
+            _log.write_all(fd, _log.file_header(number))
+            if self._full:
+                os.fdatasync(fd)
+                _log.sync_directory(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def _start_segment(self) -> None:
@@ -617,7 +627,10 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                         self._unpad()
                     with self._sync_mutex:
                         self._wait_idle()
-                        os.fdatasync(self._fd)
+                        try:
+                            os.fdatasync(self._fd)
+                        except OSError as exc:
+                            raise self._fail(exc, "fdatasync at close failed") from exc
                         self._synced = self._written
                         self._release_covered()
             finally:
