@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 from . import _validate
-from ._errors import Empty, LeaseLost, QueueClosed, SerializationError
+from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
 from ._message import Message, Verb
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter
 from .storage.base import Handle, Leased, Outcome
@@ -133,6 +133,8 @@ class Consumer(Generic[T]):
                     return []
             message: Message[T] = Message(record, body, self)
             self._held[record.id] = message
+            if queue._closed or self._closed:  # closed since the check above: close may have
+                self._give_back([record.id])  # drained _held before this message was in it
             if self._auto_extend:
                 queue._keeper().watch(self)
             return [message]
@@ -153,6 +155,8 @@ class Consumer(Generic[T]):
             message = Message(record, body, self)
             held[record.id] = message
             messages.append(message)
+        if queue._closed or self._closed:  # as in the one-record path
+            self._give_back([m.id for m in messages])
         if poisoned:
             self._reject_undecodable(poisoned)
         if self._auto_extend:
@@ -422,7 +426,7 @@ class Consumer(Generic[T]):
     def _settle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
-            message._unclaim(False)
+            self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         try:
             if verb == "ack":  # the hot path, without building a closure
@@ -440,7 +444,7 @@ class Consumer(Generic[T]):
         for an ack, in one frame: the per-message path of ``Message.ack``."""
         queue = self._queue
         if queue._closed:
-            message._unclaim(False)
+            self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         record = message._record
         try:
@@ -457,7 +461,10 @@ class Consumer(Generic[T]):
     async def _asettle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
-            message._unclaim(False)
+            if queue._storage.blocking_io:
+                await queue._call(self._release_claimed, message)
+            else:
+                self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         try:
             outcome = await queue._call_landing(
@@ -561,19 +568,48 @@ class Consumer(Generic[T]):
     # -- closing ----------------------------------------------------------------------------
 
     def _release_held(self) -> None:
-        """Give back every held message (ready at once, no attempt counted)."""
-        held = list(self._held.values())
-        self._held.clear()
+        """Give back every held message (ready at once, no attempt counted). Called once the
+        queue or this consumer is marked closed: each message is taken out of ``_held`` one at
+        a time (``popitem``, atomic), so a get adopting a message concurrently either finds it
+        taken here or gives it back itself (:meth:`_give_back`), and each is claimed under the
+        claim lock, so a settle verb racing with close either settles it or leaves it to here."""
         self._buffer.clear()
-        if not held:
-            return
-        queue = self._queue
-        pending = [m for m in held if m._settled is None]
-        for message in pending:
-            message._settled = "release"
+        held = self._held
+        pending: list[Message[T]] = []
+        while held:
+            try:
+                _, message = held.popitem()
+            except KeyError:  # emptied meanwhile by a concurrent give-back
+                break
+            if message._claim_release():
+                pending.append(message)
         if pending:
+            queue = self._queue
             queue._storage.release(queue._name, [(m.id, m._record.token) for m in pending], queue._clock())
             queue._channel.changed(len(pending), settled=True)
+
+    def _release_claimed(self, message: Message[T]) -> None:
+        """A verb claimed ``message`` but the queue closed before the verb ran: closing skipped
+        it (it was claimed), so it is released here, as closing promises, and not settled."""
+        message._settled = "release"
+        self._held.pop(message.id, None)
+        queue = self._queue
+        with contextlib.suppress(Error):  # a storage the queue owned may be closed already
+            queue._storage.release(queue._name, [(message.id, message._record.token)], queue._clock())
+            queue._channel.changed(1, settled=True)
+
+    def _give_back(self, ids: list[int]) -> None:
+        """A get that adopted messages after close drained ``_held``: release those still here
+        (not taken by :meth:`_release_held` meanwhile) and raise :class:`QueueClosed`."""
+        taken = [message for message in (self._held.pop(mid, None) for mid in ids) if message is not None]
+        pending = [message for message in taken if message._claim_release()]
+        if pending:
+            queue = self._queue
+            with contextlib.suppress(Error):  # a storage the queue owned may be closed already
+                queue._storage.release(queue._name, [(m.id, m._record.token) for m in pending], queue._clock())
+                queue._channel.changed(len(pending), settled=True)
+        self._check_open()
+        self._queue._check_open()
 
     def close(self) -> None:
         """Release every message this consumer holds and stop receiving. Idempotent."""

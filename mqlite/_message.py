@@ -108,6 +108,15 @@ class Message(Generic[T]):
             raise LeaseLost(f"message {self.id}: this delivery lost its lease")
         raise LeaseLost(f"message {self.id} was already settled with {settled}()")
 
+    def _claim_release(self) -> bool:
+        """Claim this delivery for the release that closing does; False if a verb claimed it
+        first (that verb then settles it, or gives it back if the queue closed meanwhile)."""
+        with _claim_lock:
+            if self._settled is None:
+                self._settled = "release"
+                return True
+            return False
+
     def _unclaim(self, lost: bool) -> None:
         """The storage refused (lost) or failed: record it, or let the verb be retried."""
         self._settled = _LOST if lost else None

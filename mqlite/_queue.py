@@ -804,12 +804,12 @@ class Queue(Generic[T]):
         it. Messages stay stored. Idempotent."""
         if self._closed:
             return
-        consumers = [self._default, *self._consumers]
+        self._closed = True  # first: a get or a verb racing with close sees it after its step
+        consumers = [self._default, *list(self._consumers)]
         try:
             for consumer in consumers:
                 consumer._release_held()
         finally:
-            self._closed = True
             for consumer in consumers:
                 self._channel.close_owner(consumer)
             self._channel.close_owner(self)

@@ -653,3 +653,68 @@ def test_aack_cancelled_while_in_flight_still_unblocks_the_group_and_join():
         assert joiner.finish() is True
     finally:
         q.close()
+
+
+# -- close racing with a get or a settle --------------------------------------------------------
+
+
+def test_a_get_racing_with_close_gives_its_message_back(monkeypatch):
+    """close() runs after a get leased its message and checked for close, but before the
+    message was held: the get must give the message back (ready, no attempt counted) and raise
+    QueueClosed, instead of keeping a lease nobody will settle."""
+    storage = mqlite.MemoryStorage()
+    q: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
+    q.put("only")
+    building = threading.Event()
+    closed = threading.Event()
+    real_message = mqlite._consumer.Message
+
+    class SlowMessage(real_message):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object) -> None:
+            building.set()
+            assert closed.wait(TIMEOUT)
+            super().__init__(*args)
+
+    monkeypatch.setattr(mqlite._consumer, "Message", SlowMessage)
+    getter = start_thread(q.get_nowait)
+    assert building.wait(TIMEOUT)
+    q.close()
+    closed.set()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.finish()
+    monkeypatch.undo()
+    again: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
+    assert again.stats().in_flight == 0
+    [message] = again.peek()
+    assert (message.body, message.attempts) == ("only", 0)
+
+
+def test_a_settle_racing_with_close_releases_the_message(monkeypatch):
+    """A nack claimed its message just before close() drained the consumer, which skips a
+    claimed message; the nack then finds the queue closed: it must release the message (as
+    close promises, no attempt counted) rather than leave it leased."""
+    storage = mqlite.MemoryStorage()
+    q: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
+    q.put("only")
+    message = q.get_nowait()
+    claimed = threading.Event()
+    closed = threading.Event()
+    real_settle = mqlite.Consumer._settle
+
+    def slow_settle(self: mqlite.Consumer[str], *args: object) -> None:
+        claimed.set()
+        assert closed.wait(TIMEOUT)
+        real_settle(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mqlite.Consumer, "_settle", slow_settle)
+    nacker = start_thread(message.nack)
+    assert claimed.wait(TIMEOUT)
+    q.close()
+    closed.set()
+    with pytest.raises(mqlite.QueueClosed):
+        nacker.finish()
+    monkeypatch.undo()
+    again: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
+    assert again.stats().in_flight == 0
+    [back] = again.peek()
+    assert (back.body, back.attempts) == ("only", 0)
