@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 from . import _validate
 from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
@@ -108,18 +109,21 @@ class Consumer(Generic[T]):
             return None
         return self._adopt(records, n)
 
-    def _adopt(self, records: list[Leased], n: int) -> list[Message[T]]:
+    def _adopt(self, records: list[Leased], n: int, defer: list[Callable[[], None]] | None = None) -> list[Message[T]]:
         """Turn leased records into held messages; keep those beyond ``n`` in the buffer.
 
         A body the serializer cannot decode would fail every delivery, so it is rejected to
         the dead-letter queue at once (with the error as detail) instead of being handed out.
+        Storage calls this needs (that reject; giving messages back when the queue closed
+        meanwhile) run at once, or, given ``defer`` (a coroutine on a storage that blocks), are
+        appended to it for the caller to run off the event loop.
         """
         queue = self._queue
         if len(records) == 1:  # the common case, without the loop and the lists
             record = records[0]
             queue._channel.changed(0, record.lease_expires_at or NEVER, 1)
             if queue._closed or self._closed:
-                self._release_records(records)
+                _now_or_later(defer, self._release_records, records)
                 self._check_open()
             if queue._serializer is None:
                 body: T = record.body  # type: ignore[assignment]
@@ -127,20 +131,20 @@ class Consumer(Generic[T]):
                 try:
                     body = queue._decode(record)
                 except SerializationError as error:
-                    self._reject_undecodable([(record, error)])
+                    _now_or_later(defer, self._reject_undecodable, [(record, error)])
                     if self._auto_extend:
                         queue._keeper().watch(self)
                     return []
             message: Message[T] = Message(record, body, self)
             self._held[record.id] = message
             if queue._closed or self._closed:  # closed since the check above: close may have
-                self._give_back([record.id])  # drained _held before this message was in it
+                self._give_back([record.id], defer)  # drained _held before this message was in it
             if self._auto_extend:
                 queue._keeper().watch(self)
             return [message]
         queue._channel.changed(0, records[0].lease_expires_at or NEVER, len(records))
         if queue._closed or self._closed:
-            self._release_records(records)
+            _now_or_later(defer, self._release_records, records)
             self._check_open()
         held = self._held
         decode = queue._decode
@@ -155,10 +159,10 @@ class Consumer(Generic[T]):
             message = Message(record, body, self)
             held[record.id] = message
             messages.append(message)
-        if queue._closed or self._closed:  # as in the one-record path
-            self._give_back([m.id for m in messages])
         if poisoned:
-            self._reject_undecodable(poisoned)
+            _now_or_later(defer, self._reject_undecodable, poisoned)
+        if queue._closed or self._closed:  # as in the one-record path
+            self._give_back([m.id for m in messages], defer)
         if self._auto_extend:
             queue._keeper().watch(self)
         if len(messages) > n:
@@ -307,7 +311,12 @@ class Consumer(Generic[T]):
         )
         if not records:
             return None
-        return self._adopt(records, n)
+        deferred: list[Callable[[], None]] = []
+        try:
+            return self._adopt(records, n, deferred)
+        finally:
+            if deferred:  # a reject or a give-back: storage calls, off the loop
+                await queue._call(_run_all, deferred)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Message[T]:
         """Receive one message, leasing it to this consumer.
@@ -593,23 +602,23 @@ class Consumer(Generic[T]):
         it (it was claimed), so it is released here, as closing promises, and not settled."""
         message._settled = "release"
         self._held.pop(message.id, None)
-        queue = self._queue
-        with contextlib.suppress(Error):  # a storage the queue owned may be closed already
-            queue._storage.release(queue._name, [(message.id, message._record.token)], queue._clock())
-            queue._channel.changed(1, settled=True)
+        self._release_quietly([(message.id, message._record.token)])
 
-    def _give_back(self, ids: list[int]) -> None:
+    def _give_back(self, ids: list[int], defer: list[Callable[[], None]] | None) -> None:
         """A get that adopted messages after close drained ``_held``: release those still here
         (not taken by :meth:`_release_held` meanwhile) and raise :class:`QueueClosed`."""
         taken = [message for message in (self._held.pop(mid, None) for mid in ids) if message is not None]
         pending = [message for message in taken if message._claim_release()]
         if pending:
-            queue = self._queue
-            with contextlib.suppress(Error):  # a storage the queue owned may be closed already
-                queue._storage.release(queue._name, [(m.id, m._record.token) for m in pending], queue._clock())
-                queue._channel.changed(len(pending), settled=True)
+            _now_or_later(defer, self._release_quietly, [(m.id, m._record.token) for m in pending])
         self._check_open()
-        self._queue._check_open()
+
+    def _release_quietly(self, handles: list[tuple[int, int]]) -> None:
+        """Release ``handles`` of a queue closing: a storage the queue owned may be closed already."""
+        queue = self._queue
+        with contextlib.suppress(Error):
+            queue._storage.release(queue._name, handles, queue._clock())
+            queue._channel.changed(len(handles), settled=True)
 
     def close(self) -> None:
         """Release every message this consumer holds and stop receiving. Idempotent."""
@@ -636,6 +645,19 @@ class Consumer(Generic[T]):
             await self._queue._call(self.close)
         else:
             self.close()
+
+
+def _now_or_later(defer: list[Callable[[], None]] | None, action: Callable[..., None], *args: Any) -> None:
+    """Run ``action(*args)`` now, or append it to ``defer`` for the caller to run later."""
+    if defer is None:
+        action(*args)
+    else:
+        defer.append(functools.partial(action, *args))
+
+
+def _run_all(actions: list[Callable[[], None]]) -> None:
+    for action in actions:
+        action()
 
 
 async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel, waiters: deque[Waiter]) -> None:

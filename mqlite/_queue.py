@@ -240,7 +240,9 @@ class Queue(Generic[T]):
                 if never_ran is not None:
                     never_ran()
             else:
-                future.add_done_callback(lambda done: _after_cancel(done, landed))
+                # On an I/O thread, never inline here on the loop (a done future runs its
+                # callback at once): ``landed`` may make storage calls that block.
+                future.add_done_callback(lambda done: _io_executor().submit(_after_cancel, done, landed))
             raise
 
     # -- producing ----------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 
 import pytest
+from _doubles import BlockingMemoryStorage
 
 import mqlite
 from mqlite.storage import DEATH_DETAIL, DEATH_REASON
@@ -48,3 +51,24 @@ def test_undecodable_bodies_in_a_prefetched_batch_are_skipped() -> None:
     consumer = q.consumer(prefetch=3)
     assert [consumer.get(timeout=0).body for _ in range(2)] == ["a", "b"]
     assert q.stats().dead == 1
+
+
+def test_an_async_get_rejects_an_undecodable_body_off_the_event_loop() -> None:
+    """On a storage that may block, the reject of an undecodable body is a storage call like
+    any other: it must run on mqlite's I/O threads, not on the loop."""
+    storage = BlockingMemoryStorage()
+    threads: list[str] = []
+    storage.hooks["reject"] = lambda *args: threads.append(threading.current_thread().name)
+    q: mqlite.Queue[object] = mqlite.Queue("jobs", storage=storage, serializer=Fussy(), clock=FakeClock())
+    q.put_many(["poison", "fine"])
+
+    async def main() -> object:
+        msg = await q.aget(timeout=5)
+        await msg.aack()
+        return msg.body
+
+    assert asyncio.run(main()) == "fine"
+    assert q.stats().dead == 1
+    assert threads
+    assert all(name.startswith("mqlite-io") for name in threads), threads
+    q.close()
