@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 from . import _validate
 from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
 from ._message import Message, Verb
-from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter
+from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter, _resolve
 from .storage.base import Handle, Leased, Outcome
 
 if TYPE_CHECKING:
@@ -536,7 +536,7 @@ class Consumer(Generic[T]):
 
         return call
 
-    def _extended(self, message: Message[T], outcome: Outcome, expires: float, seconds: float) -> float:
+    def _extended(self, message: Message[T], outcome: Outcome, expires: float) -> float:
         if outcome != Outcome.DONE:
             self._held.pop(message.id, None)
             raise LeaseLost(f"message {message.id}: the lease already ended; it cannot be extended")
@@ -548,13 +548,13 @@ class Consumer(Generic[T]):
         seconds = _validate.seconds("seconds", seconds)
         self._queue._check_open()
         outcome, expires = self._extend_call(message, seconds)()
-        return self._extended(message, outcome, expires, seconds)
+        return self._extended(message, outcome, expires)
 
     async def _aextend(self, message: Message[T], seconds: float) -> float:
         seconds = _validate.seconds("seconds", seconds)
         self._queue._check_open()
         outcome, expires = await self._queue._call(self._extend_call(message, seconds))
-        return self._extended(message, outcome, expires, seconds)
+        return self._extended(message, outcome, expires)
 
     def _renew(self) -> bool:
         """Extend every held message's lease by ``lease`` (the auto-extend keeper's tick).
@@ -666,7 +666,7 @@ async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel
     future = waiter.future
     timer = None
     if timeout is not None:
-        timer = waiter.loop.call_later(timeout, _expire, future)
+        timer = waiter.loop.call_later(timeout, _resolve, future)
     try:
         await future
     except BaseException:
@@ -675,8 +675,3 @@ async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel
     finally:
         if timer is not None:
             timer.cancel()
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

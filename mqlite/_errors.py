@@ -55,7 +55,8 @@ _shutdown_bases: tuple[type[BaseException], ...] = tuple(
 
 
 class QueueClosed(Error, *_shutdown_bases):  # type: ignore[misc]
-    """Raised by every call on a queue that *your code* closed, and by the calls it woke.
+    """Raised by every call on a queue (or a consumer) that *your code* closed, and by the
+    calls that closing woke.
 
     On Python 3.13+ it is also ``queue.ShutDown`` and ``asyncio.QueueShutDown``.
     """

@@ -223,20 +223,6 @@ class Channel:
         if failed:
             self.notify(waiters, failed)
 
-    def wake_all(self) -> None:
-        """Wake every waiter (something changed that all of them must see)."""
-        with self.mutex:
-            self.epoch += 1
-            chosen = [*self.getters, *self.putters, *self.joiners]
-            for waiter in chosen:
-                waiter.notified = True
-            self.getters.clear()
-            self.putters.clear()
-            self.joiners.clear()
-            self.timer_at = NEVER
-        for waiter in chosen:
-            waiter.wake()
-
     def close_owner(self, owner: object) -> None:
         """Wake every waiter belonging to ``owner`` (a closing queue); they raise QueueClosed."""
         chosen: list[Waiter] = []

@@ -25,8 +25,12 @@ _MAX_GATHER: Final = 0.005  # seconds: the longest a sync waits for callers abou
 
 class _Gather:
     """``with storage._gather:`` around the part of a synced call that appends its record: counts
-    the caller in ``_pending`` until it has appended (or given up), so that a sync about to start
-    waits for its record (see :meth:`GroupCommit._commit`). Does nothing with durability "normal"."""
+    the caller in ``_pending`` until that part is over (or given up), so that a sync about to
+    start waits for its record (see :meth:`GroupCommit._commit`). The part includes the space
+    check or roll that the append may run; a roll waits for a running sync, whose leader may be
+    waiting for this caller, so such a sync starts only when its wait (at most as long as the
+    last sync took, and 5 ms) runs out: a few milliseconds once per roll. Does nothing with
+    durability "normal"."""
 
     __slots__ = ("storage",)
 

@@ -81,7 +81,6 @@ NAMES: Final = {
 NONE32: Final = 0xFFFFFFFF
 Buf = bytes | memoryview
 _U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
 _D = struct.Struct("<d")
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")

@@ -151,8 +151,8 @@ class SpaceKeeper:
         can hold) plus that maximum over all the segments carrying can delete. A check carries
         the oldest segments up to the last whose term brings the level to the mark,
         ``2 x peak + segment / 2`` (``peak``: the largest live size at a check since the last
-        compaction), then, while the log holds more dead bytes than live ones, any further
-        oldest segment whose live messages take at most a quarter of it.
+        compaction), then, while the log holds at least as many dead bytes as live ones, any
+        further oldest segment whose live messages take at most a quarter of it.
 
         Why the directory stays within ``2 x peak + segment``: after a check the level is
         below the mark; waiting raises it only by the bytes appended (old segments' messages
@@ -317,7 +317,8 @@ class SpaceKeeper:
         Crash-safe at every step: the snapshot is written to a temporary file, synced, renamed
         into place and the directory synced before any old segment is deleted; an interrupted
         compaction leaves either the old segments or the new snapshot as the log's start.
-        Called with the storage's lock held (the log rolls) or by users (then it takes it).
+        Takes the storage's lock; the storage's own checks, which hold it, call
+        :meth:`_compact_locked`.
         """
         with self._lock:
             self._usable()

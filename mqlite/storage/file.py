@@ -71,7 +71,8 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
     order rewrites little or nothing; messages that stay long are rewritten about once per pass
     through the log. A segment at least as large as the live set keeps the rewriting lowest.
     :meth:`close` and opening (for a process that died before closing) compact a log that
-    holds at least as many dead bytes as live ones, so a drained queue gives its space back.
+    holds at least as many dead bytes as live ones (and 64 KiB or more), so a drained queue
+    gives its space back.
     ``salvage=True`` skips corrupt records (logging each) instead of raising
     :class:`~mqlite.CorruptStorage`.
 

@@ -1,8 +1,9 @@
 """``SQLiteStorage``: queues in one SQLite database file, shared by threads and processes.
 
 This module holds the storage's public surface (the class, its constructor and the
-:class:`Storage` calls, ``from_url``), opening the file, and the operations: each call runs in
-one ``BEGIN IMMEDIATE`` transaction that first applies what time did to the queue it names (due
+:class:`Storage` calls, ``from_url``), opening the file, and the operations: each call runs in a
+``BEGIN IMMEDIATE`` transaction (shared with the calls other threads made meanwhile, see
+:mod:`~mqlite.storage._sqlite_combiner`) and first applies what time did to the queue it names (due
 delays become ready, ended leases fail their attempt) and then does its work; a lease is one
 ``UPDATE ... RETURNING`` whose subquery picks the eligible rows in delivery order.
 

@@ -1,4 +1,4 @@
-"""The conformance kit: how any storage, ours or yours, proves it keeps DESIGN section 2.
+"""The conformance kit: how any storage, ours or yours, proves it keeps the delivery rules (``docs/semantics.md``).
 
 * :class:`FakeClock` - a manual, monotone clock for tests (``clock=`` of a ``Queue``).
 * :class:`ReferenceModel` - an obviously correct (slow) storage: the oracle.

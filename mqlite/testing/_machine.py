@@ -93,7 +93,7 @@ class Held:
 
 
 class StorageConformance(RuleBasedStateMachine):
-    """Checks a storage against DESIGN section 2 by running it beside :class:`ReferenceModel`.
+    """Checks a storage against the delivery rules (``docs/semantics.md``) by running it beside :class:`ReferenceModel`.
 
     Subclass it and set ``storage_factory`` (a callable returning a new, empty storage), or use
     :func:`make_conformance_test`. For a persistent storage set ``reopen_storage`` too: a

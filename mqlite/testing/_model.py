@@ -1,4 +1,4 @@
-"""``ReferenceModel``: section 2 of the design written as plainly as possible.
+"""``ReferenceModel``: the delivery rules (``docs/semantics.md``) written as plainly as possible.
 
 This is the oracle of the conformance suite. It is a complete :class:`~mqlite.storage.Storage`
 (so it can even back a ``Queue``), but it is written for obviousness, not speed: each queue is a
@@ -80,7 +80,7 @@ class _Queue:
 
 @final
 class ReferenceModel(Storage):
-    """The reference model of DESIGN section 2: an obviously correct, slow storage.
+    """The reference model of the delivery rules (``docs/semantics.md``): an obviously correct, slow storage.
 
     The conformance state machine runs it side by side with the storage under test and
     compares every answer. Rules, as the :class:`~mqlite.storage.Storage` docstrings state them:
