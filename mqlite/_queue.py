@@ -239,10 +239,14 @@ class Queue(Generic[T]):
             if future.cancel():
                 if never_ran is not None:
                     never_ran()
+            elif future.done():
+                # It finished as its caller was cancelled: account for it now, before the
+                # cancellation goes on (a get retried at once must find the message given back),
+                # and on an I/O thread, since ``landed`` may make storage calls that block.
+                accounted = _io_executor().submit(_after_cancel, future, landed)
+                await asyncio.shield(asyncio.wrap_future(accounted))
             else:
-                # On an I/O thread, never inline here on the loop (a done future runs its
-                # callback at once): ``landed`` may make storage calls that block.
-                future.add_done_callback(lambda done: _io_executor().submit(_after_cancel, done, landed))
+                future.add_done_callback(lambda done: _after_cancel(done, landed))  # on its I/O thread
             raise
 
     # -- producing ----------------------------------------------------------------------------
