@@ -32,7 +32,9 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+
+from mqlite import _bench
 
 
 class BareMessage:
@@ -183,50 +185,24 @@ def run_mqlite(bodies: list[bytes]) -> float:
     return rate
 
 
-Put = Callable[[bytes], Awaitable[object]]
-Receive = Callable[[], Awaitable[bytes]]
+def _w4(runner: Callable[[int], tuple[float, _bench.Check]]) -> Callable[[list[bytes]], float]:
+    """A W4 runner of ``python -m mqlite bench`` (one producer and one consumer coroutine, the
+    bench's own bodies), as messages per second; a run that lost, duplicated or reordered a
+    message fails."""
+
+    def rate(bodies: list[bytes]) -> float:
+        elapsed, check = runner(len(bodies))
+        if check.lost or check.duplicated or check.out_of_order or check.error:
+            raise SystemExit(f"a W4 run did not deliver every message once, in order: {check}")
+        return len(bodies) / elapsed
+
+    return rate
 
 
-def _async_rate(bodies: list[bytes], setup: Callable[[], tuple[Put, Receive, Callable[[], None]]]) -> float:
-    """W4's shape: a producer coroutine awaits a put per body while a consumer coroutine
-    receives them, on one loop; messages per second from the start until both are done."""
+def run_bare_async(n: int) -> tuple[float, _bench.Check]:
+    """The bench's W4 skeleton around :class:`BareAsyncLeasedQueue`."""
 
-    async def main() -> float:
-        put, receive, cleanup = setup()
-
-        async def produce() -> None:
-            for body in bodies:
-                await put(body)
-
-        async def consume() -> None:
-            for _ in bodies:
-                await receive()
-
-        started = time.perf_counter()
-        await asyncio.gather(produce(), consume())
-        rate = len(bodies) / (time.perf_counter() - started)
-        cleanup()
-        return rate
-
-    return asyncio.run(main())
-
-
-def run_asyncio(bodies: list[bytes]) -> float:
-    def setup() -> tuple[Put, Receive, Callable[[], None]]:
-        q: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def receive() -> bytes:
-            body = await q.get()
-            q.task_done()
-            return body
-
-        return q.put, receive, lambda: None
-
-    return _async_rate(bodies, setup)
-
-
-def run_bare_async(bodies: list[bytes]) -> float:
-    def setup() -> tuple[Put, Receive, Callable[[], None]]:
+    def setup() -> _bench.AsyncSide:
         q = BareAsyncLeasedQueue()
 
         async def receive() -> bytes:
@@ -236,41 +212,7 @@ def run_bare_async(bodies: list[bytes]) -> float:
 
         return q.put, receive, lambda: None
 
-    return _async_rate(bodies, setup)
-
-
-def run_culsans(bodies: list[bytes]) -> float:
-    culsans = importlib.import_module("culsans")
-
-    def setup() -> tuple[Put, Receive, Callable[[], None]]:
-        q = culsans.Queue()
-        async_q = q.async_q
-
-        async def receive() -> bytes:
-            body: bytes = await async_q.get()
-            async_q.task_done()
-            return body
-
-        return async_q.put, receive, q.close
-
-    return _async_rate(bodies, setup)
-
-
-def run_mqlite_async(bodies: list[bytes]) -> float:
-    import mqlite
-    from mqlite.serializers import RAW
-
-    def setup() -> tuple[Put, Receive, Callable[[], None]]:
-        q: mqlite.Queue[bytes] = mqlite.Queue("floor", serializer=RAW)
-
-        async def receive() -> bytes:
-            message = await q.aget()
-            await message.aack()
-            return message.body
-
-        return q.aput, receive, q.close
-
-    return _async_rate(bodies, setup)
+    return _bench._async_to_async(n, setup)
 
 
 def _table(title: str, runners: dict[str, Callable[[list[bytes]], float]], bodies: list[bytes], repeat: int) -> None:
@@ -306,12 +248,12 @@ def main() -> None:
     )
     print()
     async_runners: dict[str, Callable[[list[bytes]], float]] = {
-        "asyncio.Queue await put / get + task_done": run_asyncio,
-        "BareAsyncLeasedQueue put / get + ack": run_bare_async,
-        "mqlite.Queue aput / aget + aack": run_mqlite_async,
+        "asyncio.Queue await put / get + task_done": _w4(_bench.w4_asyncio),
+        "BareAsyncLeasedQueue put / get + ack": _w4(run_bare_async),
+        "mqlite.Queue aput / aget + aack": _w4(_bench.w4_mqlite),
     }
     if importlib.util.find_spec("culsans") is not None:
-        async_runners["culsans async_q put / get + task_done"] = run_culsans
+        async_runners["culsans async_q put / get + task_done"] = _w4(_bench._w4_mixed("culsans"))
     _table("W4 shape", async_runners, bodies, args.repeat)
 
 
