@@ -33,8 +33,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from mqlite import _bench
+
+
+class _Acking(Protocol):
+    def ack(self, mid: int, token: int) -> bool: ...
 
 
 class BareMessage:
@@ -42,7 +47,7 @@ class BareMessage:
 
     __slots__ = ("_queue", "body", "id", "token")
 
-    def __init__(self, owner: BareLeasedQueue, mid: int, token: int, body: bytes) -> None:
+    def __init__(self, owner: _Acking, mid: int, token: int, body: bytes) -> None:
         self._queue = owner
         self.id = mid
         self.token = token
@@ -92,18 +97,12 @@ class BareLeasedQueue:
             return True
 
 
-class BareAsyncMessage:
-    """A delivery of :class:`BareAsyncLeasedQueue`."""
+class BareAsyncMessage(BareMessage):
+    """A delivery of :class:`BareAsyncLeasedQueue`, acked by a coroutine."""
 
-    __slots__ = ("_queue", "body", "id", "token")
+    __slots__ = ()
 
-    def __init__(self, owner: BareAsyncLeasedQueue, mid: int, token: int, body: bytes) -> None:
-        self._queue = owner
-        self.id = mid
-        self.token = token
-        self.body = body
-
-    async def ack(self) -> bool:
+    async def aack(self) -> bool:
         return self._queue.ack(self.id, self.token)
 
 
@@ -207,7 +206,7 @@ def run_bare_async(n: int) -> tuple[float, _bench.Check]:
 
         async def receive() -> bytes:
             message = await q.get()
-            await message.ack()
+            await message.aack()
             return message.body
 
         return q.put, receive, lambda: None
