@@ -210,13 +210,8 @@ class QueueIndex:
             if entry is not None and entry.state == DELAYED and entry.deadline == ready_at:
                 break
             heapq.heappop(delayed)
+        self._trim_in_flight()
         in_flight = self.in_flight
-        while in_flight:
-            expires_at, mid, token = in_flight[0]
-            entry = entries.get(mid)
-            if entry is not None and entry.state == IN_FLIGHT and entry.token == token and entry.deadline == expires_at:
-                break
-            heapq.heappop(in_flight)
         first = min(delayed[0][0] if delayed else _NO_EXPIRY, in_flight[0][0] if in_flight else _NO_EXPIRY)
         return None if first == _NO_EXPIRY else first
 
