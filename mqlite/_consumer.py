@@ -10,7 +10,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, final
+
+from typing_extensions import TypeVar
 
 from . import _validate
 from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
@@ -23,13 +25,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Consumer"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)  # a Queue made without a type is a Queue[Any], as DESIGN.md writes it
 W = TypeVar("W", ThreadWaiter, AsyncWaiter)
 
 log = logging.getLogger("mqlite")
 
 _DONE = Outcome.DONE  # module globals: reading an enum member off its class costs ~50 ns
 _NOOP = Outcome.NOOP
+
+_ABSENT: Any = object()  # dict.pop's default, to tell a missing key from a None value
 
 YIELD_EVERY = 0.001  # seconds of consecutive fast-path async calls before yielding to the loop
 
@@ -67,7 +71,7 @@ class Consumer(Generic[T]):
             raise TypeError(f"auto_extend must be a bool, not {type(auto_extend).__name__}")
         self._auto_extend = auto_extend
         self._buffer: deque[Message[T]] = deque()
-        self._held: dict[int, Message[T]] = {}
+        self._held: dict[Message[T], None] = {}  # by delivery: one id may be held twice, once lost
         self._closed = False
         self._yielded = time.monotonic()
 
@@ -99,15 +103,37 @@ class Consumer(Generic[T]):
 
     def _take(self, n: int) -> list[Message[T]] | None:
         """One attempt to lease ``n`` messages without waiting; None if none is eligible."""
-        buffer = self._buffer
-        if buffer:
-            return [buffer.popleft() for _ in range(min(n, len(buffer)))]
+        if self._buffer:
+            buffered = self._unbuffer(n)
+            if buffered:
+                return buffered
         queue = self._queue
         now = queue._clock()
         records = queue._storage.lease(queue._name, max(n, self._prefetch), now, self._lease)
         if not records:
             return None
         return self._adopt(records, n)
+
+    def _unbuffer(self, n: int) -> list[Message[T]]:
+        """Up to ``n`` prefetched messages whose lease still runs, in the order they were leased.
+
+        A buffered message whose lease ended was failed by the storage (ready again or dead):
+        it may be with another consumer already, so it is dropped, never handed out. Safe with
+        several threads taking from one consumer (``popleft`` is atomic)."""
+        buffer = self._buffer
+        now = self._queue._clock()
+        taken: list[Message[T]] = []
+        while len(taken) < n:
+            try:
+                message = buffer.popleft()
+            except IndexError:
+                break
+            if message._lease_ended(now):
+                if message._claim_lost():  # else closing claimed it to release it
+                    self._held.pop(message, None)
+                continue
+            taken.append(message)
+        return taken
 
     def _adopt(self, records: list[Leased], n: int, defer: list[Callable[[], None]] | None = None) -> list[Message[T]]:
         """Turn leased records into held messages; keep those beyond ``n`` in the buffer.
@@ -136,9 +162,9 @@ class Consumer(Generic[T]):
                         queue._keeper().watch(self)
                     return []
             message: Message[T] = Message(record, body, self)
-            self._held[record.id] = message
+            self._held[message] = None
             if queue._closed or self._closed:  # closed since the check above: close may have
-                self._give_back([record.id], defer)  # drained _held before this message was in it
+                self._give_back([message], defer)  # drained _held before this message was in it
             if self._auto_extend:
                 queue._keeper().watch(self)
             return [message]
@@ -157,12 +183,12 @@ class Consumer(Generic[T]):
                 poisoned.append((record, error))
                 continue
             message = Message(record, body, self)
-            held[record.id] = message
+            held[message] = None
             messages.append(message)
         if poisoned:
             _now_or_later(defer, self._reject_undecodable, poisoned)
         if queue._closed or self._closed:  # as in the one-record path
-            self._give_back([m.id for m in messages], defer)
+            self._give_back(messages, defer)
         if self._auto_extend:
             queue._keeper().watch(self)
         if len(messages) > n:
@@ -256,7 +282,7 @@ class Consumer(Generic[T]):
         duty = False
         while True:
             try:
-                if queue._storage.blocking_io and not self._buffer:
+                if queue._storage.blocking_io:
                     taken, waiter, remaining = await self._attempt_off_loop(n, deadline, timeout)
                 else:
                     taken, waiter, remaining = self._attempt(n, True, deadline, timeout, AsyncWaiter)
@@ -280,7 +306,9 @@ class Consumer(Generic[T]):
         channel = queue._channel
         self._check_open()
         epoch = channel.epoch
-        taken = await self._take_off_loop(n)
+        taken = self._unbuffer(n) if self._buffer else None
+        if not taken:
+            taken = await self._take_off_loop(n)
         if taken:
             return taken, None, None
         remaining = None
@@ -311,12 +339,20 @@ class Consumer(Generic[T]):
         )
         if not records:
             return None
-        deferred: list[Callable[[], None]] = []
+        deferred: list[Callable[[], None]] = []  # a reject or a give-back: storage calls, off the loop
         try:
-            return self._adopt(records, n, deferred)
-        finally:
-            if deferred:  # a reject or a give-back: storage calls, off the loop
+            taken = self._adopt(records, n, deferred)
+        except BaseException:
+            if deferred:
                 await queue._call(_run_all, deferred)
+            raise
+        if deferred:
+            try:
+                await queue._call(_run_all, deferred)
+            except asyncio.CancelledError:  # the caller will never receive ``taken``
+                await queue._call(self._unreceive, taken)  # submitted at once: runs even if cancelled again
+                raise
+        return taken
 
     def get(self, block: bool = True, timeout: float | None = None) -> Message[T]:
         """Receive one message, leasing it to this consumer.
@@ -456,13 +492,15 @@ class Consumer(Generic[T]):
             self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
         record = message._record
+        now = queue._clock()
         try:
-            outcome = queue._storage.ack(queue._name, [(record.id, record.token)], queue._clock())[0]
+            outcome = queue._storage.ack(queue._name, [(record.id, record.token)], now)[0]
         except BaseException:
             message._unclaim(False)
             raise
-        if outcome == _DONE:
-            self._held.pop(record.id, None)
+        expires = message._expires
+        if outcome == _DONE and (expires is None or expires > now):  # acked in time: no room freed
+            self._held.pop(message, None)
             queue._channel.changed(0 if record.group is None else 1, settled=True)
             return
         self._settled(message, "ack", 0.0, outcome)
@@ -497,12 +535,13 @@ class Consumer(Generic[T]):
     def _settled(self, message: Message[T], verb: Verb, delay: float, outcome: Outcome) -> None:
         """After the storage answered: forget the message, report it, wake who may proceed."""
         record = message._record
-        self._held.pop(record.id, None)
+        self._held.pop(message, None)
         queue = self._queue
         if outcome == _DONE:
             grouped = record.group is not None
             if verb == "ack":
-                queue._channel.changed(1 if grouped else 0, settled=True)
+                room = 1 if message._lease_ended(queue._clock()) else 0  # a late ack: it was back in the queue
+                queue._channel.changed(1 if grouped else 0, room=room, settled=True)
             elif verb == "release":
                 queue._channel.changed(1, settled=True)
             elif verb == "nack":
@@ -514,9 +553,10 @@ class Consumer(Generic[T]):
                     queue._channel.changed(1 if grouped else 0, queue._clock() + delay, settled=True)
                 else:
                     queue._channel.changed(1, settled=True)
-            else:
+            else:  # reject
                 queue._dead_channel().changed(1)
-                queue._channel.changed(1 if grouped else 0, settled=True)
+                room = 1 if message._lease_ended(queue._clock()) else 0
+                queue._channel.changed(1 if grouped else 0, room=room, settled=True)
         elif outcome == _NOOP:
             queue._channel.changed(0, settled=True)
         else:
@@ -538,7 +578,7 @@ class Consumer(Generic[T]):
 
     def _extended(self, message: Message[T], outcome: Outcome, expires: float) -> float:
         if outcome != Outcome.DONE:
-            self._held.pop(message.id, None)
+            self._held.pop(message, None)
             raise LeaseLost(f"message {message.id}: the lease already ended; it cannot be extended")
         message._expires = expires
         self._queue._channel.changed(0, expires)
@@ -560,7 +600,7 @@ class Consumer(Generic[T]):
         """Extend every held message's lease by ``lease`` (the auto-extend keeper's tick).
         Returns whether the consumer still holds messages and wants another tick."""
         queue = self._queue
-        held = list(self._held.values())
+        held = list(self._held)
         if not held or self._closed or queue._closed:
             return False
         now = queue._clock()
@@ -570,7 +610,7 @@ class Consumer(Generic[T]):
             if outcome == Outcome.DONE:
                 message._expires = expires
             else:
-                self._held.pop(message.id, None)
+                self._held.pop(message, None)
         queue._channel.changed(0, expires)
         return bool(self._held)
 
@@ -587,7 +627,7 @@ class Consumer(Generic[T]):
         pending: list[Message[T]] = []
         while held:
             try:
-                _, message = held.popitem()
+                message, _ = held.popitem()
             except KeyError:  # emptied meanwhile by a concurrent give-back
                 break
             if message._claim_release():
@@ -601,17 +641,26 @@ class Consumer(Generic[T]):
         """A verb claimed ``message`` but the queue closed before the verb ran: closing skipped
         it (it was claimed), so it is released here, as closing promises, and not settled."""
         message._settled = "release"
-        self._held.pop(message.id, None)
+        self._held.pop(message, None)
         self._release_quietly([(message.id, message._record.token)])
 
-    def _give_back(self, ids: list[int], defer: list[Callable[[], None]] | None) -> None:
+    def _give_back(self, messages: list[Message[T]], defer: list[Callable[[], None]] | None) -> None:
         """A get that adopted messages after close drained ``_held``: release those still here
         (not taken by :meth:`_release_held` meanwhile) and raise :class:`QueueClosed`."""
-        taken = [message for message in (self._held.pop(mid, None) for mid in ids) if message is not None]
+        held = self._held
+        taken = [message for message in messages if held.pop(message, _ABSENT) is not _ABSENT]
         pending = [message for message in taken if message._claim_release()]
         if pending:
             _now_or_later(defer, self._release_quietly, [(m.id, m._record.token) for m in pending])
         self._check_open()
+
+    def _unreceive(self, messages: list[Message[T]]) -> None:
+        """Give back messages a cancelled get adopted but never returned: ready at once, no
+        attempt counted (unless closing took them first)."""
+        held = self._held
+        pending = [m for m in messages if held.pop(m, _ABSENT) is not _ABSENT and m._claim_release()]
+        if pending:
+            self._release_quietly([(m.id, m._record.token) for m in pending])
 
     def _release_quietly(self, handles: list[tuple[int, int]]) -> None:
         """Release ``handles`` of a queue closing: a storage the queue owned may be closed already."""

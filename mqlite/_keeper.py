@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -71,6 +72,17 @@ class LeaseKeeper:
 
 _keeper: LeaseKeeper | None = None
 _keeper_lock = threading.Lock()
+
+
+def _forget_keeper() -> None:
+    """In a forked child: the parent's keeper thread does not exist here; start a new one."""
+    global _keeper, _keeper_lock
+    _keeper = None
+    _keeper_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_keeper)
 
 
 def keeper() -> LeaseKeeper:

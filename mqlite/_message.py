@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, Literal, final
 
-from ._errors import LeaseLost
+from typing_extensions import TypeVar
+
+from ._errors import Error, LeaseLost
 
 if TYPE_CHECKING:
     from ._consumer import Consumer
@@ -15,11 +19,23 @@ if TYPE_CHECKING:
 
 __all__ = ["Message"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)  # a Queue made without a type is a Queue[Any], as DESIGN.md writes it
 
 Verb = Literal["ack", "nack", "release", "reject"]
 
+log = logging.getLogger("mqlite")
+
 _claim_lock = threading.Lock()
+
+
+def _new_claim_lock() -> None:
+    """In a forked child: a claim lock held by a parent's thread at the fork would stay held."""
+    global _claim_lock
+    _claim_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_claim_lock)
 _LOST = "lost"
 
 
@@ -30,7 +46,8 @@ class Message(Generic[T]):
     Settle each delivery exactly once: ``ack`` (done), ``nack`` (failed attempt, retried),
     ``release`` (given back, not counted), ``reject`` (poison, dead-lettered); ``extend`` keeps
     the lease longer. Repeating the verb that settled it does nothing; any other verb then
-    raises :class:`LeaseLost`. ``with msg:`` acks on a clean exit and nacks on an exception.
+    raises :class:`LeaseLost`. ``with msg:`` acks on a clean exit, nacks on an exception, and
+    releases on KeyboardInterrupt, SystemExit or a cancelled task (a stop, not a failure).
 
     Messages are made by ``get`` and ``peek``; a peeked message's verbs raise ``LeaseLost``.
     """
@@ -114,6 +131,21 @@ class Message(Generic[T]):
         with _claim_lock:
             if self._settled is None:
                 self._settled = "release"
+                return True
+            return False
+
+    def _lease_ended(self, now: float) -> bool:
+        """Whether this delivery's lease ended by ``now``: then the storage had made the message
+        ready again, so settling it (a late ack or reject) frees a place under maxsize."""
+        expires = self._expires
+        return expires is not None and expires <= now
+
+    def _claim_lost(self) -> bool:
+        """Mark a prefetched delivery whose lease ended before it was handed out as lost;
+        False if closing claimed it first (to release it)."""
+        with _claim_lock:
+            if self._settled is None:
+                self._settled = _LOST
                 return True
             return False
 
@@ -215,12 +247,22 @@ class Message(Generic[T]):
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        """Ack on a clean exit. On an exception, nack with its text; on a stop that is not the
+        message's fault (KeyboardInterrupt, SystemExit, a cancelled task), release it, so no
+        attempt is counted. A settle failing while the block's exception propagates is logged,
+        not raised in its place."""
         if self._settled is not None:
             return
         if error is None:
             self.ack()
-        else:
-            self.nack(error=_describe(error))
+            return
+        try:
+            if isinstance(error, Exception):
+                self.nack(error=_describe(error))
+            else:
+                self.release()
+        except Error as failure:
+            _log_exit_failure(self, failure, error)
 
     async def __aenter__(self) -> Message[T]:
         return self
@@ -228,13 +270,29 @@ class Message(Generic[T]):
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Async :meth:`__exit__`: the same rules with the async verbs."""
         if self._settled is not None:
             return
         if error is None:
             await self.aack()
-        else:
-            await self.anack(error=_describe(error))
+            return
+        try:
+            if isinstance(error, Exception):
+                await self.anack(error=_describe(error))
+            else:
+                await self.arelease()
+        except Error as failure:
+            _log_exit_failure(self, failure, error)
 
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__qualname__}: {error}"[:1000]
+
+
+def _log_exit_failure(message: Message[T], failure: Error, error: BaseException) -> None:
+    log.warning(
+        "mqlite: message %d: settling it on the way out of `with` failed (%s); re-raising the block's %s",
+        message.id,
+        failure,
+        type(error).__qualname__,
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, final
+
+from typing_extensions import TypeVar
 
 from . import _validate
 
@@ -12,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Producer"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)  # a Queue made without a type is a Queue[Any], as DESIGN.md writes it
 
 _OPTIONS = frozenset({"delay", "priority", "group", "dedup_key", "headers", "block", "timeout"})
 _MANY_OPTIONS = _OPTIONS - {"dedup_key"}

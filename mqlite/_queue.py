@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast, final
+from typing import Any, Generic, cast, final
+
+from typing_extensions import TypeVar
 
 from . import _validate
 from ._consumer import YIELD_EVERY, Consumer, _sleep_on
@@ -26,7 +29,7 @@ from .storage.memory import MemoryStorage
 
 __all__ = ["Queue"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)  # a Queue made without a type is a Queue[Any], as DESIGN.md writes it
 R = TypeVar("R")
 
 log = logging.getLogger("mqlite")
@@ -44,6 +47,18 @@ def _io_executor() -> concurrent.futures.ThreadPoolExecutor:
         if _io_pool is None:
             _io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mqlite-io")
         return _io_pool
+
+
+def _forget_io_pool() -> None:
+    """In a forked child: the parent's pool has no threads here (and may count one as idle,
+    so it would never start one); the child makes its own on first use."""
+    global _io_pool, _io_pool_lock
+    _io_pool = None
+    _io_pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_io_pool)
 
 
 @final
@@ -676,17 +691,21 @@ class Queue(Generic[T]):
     def _acked(self, batch: Sequence[Message[T]], outcomes: Sequence[Outcome], quiet: bool = False) -> None:
         """After a batch ack: forget the messages, wake getters of their groups and joiners."""
         lost: list[int] = []
-        grouped = 0
+        grouped = late = 0
+        now = self._clock()
         for message, outcome in zip(batch, outcomes, strict=True):
             consumer = message._consumer
             if consumer is not None:
-                consumer._held.pop(message.id, None)
+                consumer._held.pop(message, None)
             if outcome == Outcome.LOST:
                 message._unclaim(True)
                 lost.append(message.id)
-            elif message.group is not None:
+                continue
+            if message.group is not None:
                 grouped += 1
-        self._channel.changed(grouped, settled=True)
+            if message._lease_ended(now):
+                late += 1
+        self._channel.changed(grouped, room=late, settled=True)
         if lost and not quiet:
             raise LeaseLost(
                 f"message(s) {', '.join(map(str, lost))}: the lease ended and the message was delivered "
@@ -742,7 +761,7 @@ class Queue(Generic[T]):
         moved = self._storage.redrive(self._name, self._clock(), max_messages)
         if moved:
             self._channel.changed(moved)
-            self._dead_channel().changed(0, settled=True)
+            self._dead_channel().changed(0, room=moved, settled=True)
         return moved
 
     def _unsettled(self) -> bool:

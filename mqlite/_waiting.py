@@ -15,6 +15,7 @@ across storage calls, serialization, logging or user code.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections import deque
@@ -243,6 +244,24 @@ class Channel:
 
 _channels: weakref.WeakKeyDictionary[Storage, dict[str, Channel]] = weakref.WeakKeyDictionary()
 _channels_lock = threading.Lock()
+
+
+def _reset_channels_in_child() -> None:
+    """In a forked child: no thread of the parent runs here, so no waiter is asleep and no
+    mutex is really held; make every channel fresh (a mutex held at the fork stays held)."""
+    global _channels_lock
+    _channels_lock = threading.Lock()
+    for by_name in list(_channels.values()):
+        for channel in by_name.values():
+            channel.mutex = threading.Lock()
+            channel.getters.clear()
+            channel.putters.clear()
+            channel.joiners.clear()
+            channel.timer_at = NEVER
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_channels_in_child)
 
 
 def channel_for(storage: Storage, name: str) -> Channel:

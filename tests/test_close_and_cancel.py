@@ -14,6 +14,7 @@ import queue as stdlib_queue
 import random
 import sys
 import threading
+import time
 
 import pytest
 from _doubles import (
@@ -29,6 +30,7 @@ from _doubles import (
 )
 
 import mqlite
+from mqlite.storage.base import Envelope
 
 # -- close wakes everyone, everywhere -------------------------------------------------------------
 
@@ -436,6 +438,38 @@ async def test_aget_cancelled_while_its_lease_is_in_flight_gives_the_message_bac
     assert q.stats().in_flight == 1
     await message.aack()
     assert await q.ajoin(timeout=0)
+    q.close()
+
+
+@async_test
+async def test_aget_cancelled_while_an_undecodable_body_is_rejected_gives_back_the_good_message():
+    """A prefetching aget leased a good message and an undecodable one; the reject of the
+    latter runs off the loop. Cancelled then, the get returns nothing, so the good message
+    must be given back, not left leased to nobody until its lease ends (an attempt counted)."""
+    storage = BlockingMemoryStorage()
+    q = mqlite.Queue("cancel", storage=storage, serializer=mqlite.serializers.JSON)
+    q.put({"ok": 1})
+    storage.inner.put("cancel", [Envelope(b"\xff not json")], time.time())
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    def block_reject(count, *args):
+        entered.set()
+        assert proceed.wait(TIMEOUT)
+
+    storage.hooks["reject"] = block_reject
+    consumer = q.consumer(prefetch=2)
+    getter = asyncio.create_task(consumer.aget())
+    assert await asyncio.to_thread(entered.wait, TIMEOUT)
+    getter.cancel()
+    proceed.set()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    assert consumer.held == 0
+    stats = q.stats()
+    assert (stats.ready, stats.in_flight, stats.dead) == (1, 0, 1)
+    message = q.get_nowait()
+    assert (message.body, message.attempts) == ({"ok": 1}, 1)
     q.close()
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import sys
 import threading
 
 import pytest
@@ -87,6 +89,134 @@ async def test_async_prefetch_hands_out_one_by_one():
         for message in (first, second, third):
             await message.aack()
         assert await q.ajoin(timeout=0)
+
+
+@pytest.mark.parametrize("storage_kind", ["memory", "blocking"])
+def test_a_prefetched_message_whose_lease_ended_is_never_handed_out(storage_kind):
+    clock = FakeClock(1000.0)
+    storage = mqlite.MemoryStorage() if storage_kind == "memory" else BlockingMemoryStorage()
+    with mqlite.Queue("work", storage=storage, clock=clock, lease=10) as q:
+        q.put_many(["a", "b", "c"])
+        consumer = q.consumer(prefetch=2)
+        assert consumer.get().body == "a"  # "b" waits in the buffer, its lease running
+        clock.advance(11)  # both leases end: "a" and "b" are ready again, attempt 1 counted
+        other = q.get_many(5)
+        assert [m.body for m in other] == ["a", "b", "c"]  # another worker has them now
+        with pytest.raises(mqlite.Empty):
+            consumer.get_nowait()  # not the stale "b"
+        assert consumer.held == 1  # only "a"'s old delivery, which the user still has
+
+        async def aget():
+            return await consumer.aget(timeout=0)
+
+        for message in other:
+            message.release()
+        assert consumer.get().body == "a"  # attempt 2; "b" buffered, attempt 2
+        clock.advance(11)
+        fresh = asyncio.run(aget())  # the coroutine skips the stale "b" the same way
+        assert (fresh.body, fresh.attempts) == ("a", 3)
+
+
+def test_a_stale_buffered_group_head_does_not_break_group_order():
+    clock = FakeClock(1000.0)
+    with mqlite.Queue("work", clock=clock, lease=10) as q:
+        q.put("x")
+        q.put_many(["g1", "g2"], group="G")
+        consumer = q.consumer(prefetch=2)
+        consumer.get()  # "x"; "g1" buffered
+        clock.advance(11)
+        processed = []
+        worker = q.consumer()
+        while (batch := worker.get_many(1, timeout=0)) != []:
+            processed.append(batch[0].body)
+            batch[0].ack()
+        with pytest.raises(mqlite.Empty):
+            processed.append(consumer.get_nowait().body)
+        assert [body for body in processed if body.startswith("g")] == ["g1", "g2"]
+
+
+def test_a_buffered_message_dead_lettered_by_its_lease_is_not_handed_out():
+    clock = FakeClock(1000.0)
+    with mqlite.Queue("work", clock=clock, lease=10, max_attempts=1) as q:
+        q.put_many(["a", "b"])
+        consumer = q.consumer(prefetch=2)
+        consumer.get()
+        clock.advance(11)
+        assert q.stats().dead == 2
+        with pytest.raises(mqlite.Empty):
+            consumer.get_nowait()
+
+
+def test_one_prefetching_consumer_shared_by_threads_hands_out_every_message_once():
+    with mqlite.Queue("work", max_attempts=None) as q:
+        consumer = q.consumer(prefetch=3)
+        total = 6_000
+        got: list[list[int]] = [[] for _ in range(3)]
+
+        def work(mine: list[int]) -> None:
+            while batch := consumer.get_many(2, timeout=0.5):
+                for message in batch:
+                    mine.append(message.body)
+                    message.ack()
+
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible: between two pops
+        try:
+            workers = [start_thread(work, mine) for mine in got]
+            for first in range(0, total, 100):
+                q.put_many(range(first, first + 100))
+            for worker in workers:
+                worker.finish()
+        finally:
+            sys.setswitchinterval(switch)
+        received = sorted(body for mine in got for body in mine)
+        assert received == list(range(total))
+        assert q.stats().in_flight == 0
+
+
+def test_a_buffer_emptied_by_another_thread_mid_take_is_not_an_error():
+    """The interleaving the stress test above hopes for, made certain: another thread takes a
+    buffered message between this thread's two pops."""
+
+    class Contended(collections.deque):
+        def popleft(self):
+            if len(self) == 2:
+                stolen.append(super().popleft())  # the other thread's pop
+            return super().popleft()
+
+    stolen: list[mqlite.Message[int]] = []
+    with mqlite.Queue("work") as q:
+        q.put_many(range(4))
+        consumer = q.consumer(prefetch=3)
+        assert consumer.get().body == 0
+        consumer._buffer = Contended(consumer._buffer)
+        assert [m.body for m in consumer.get_many(2)] == [2]
+        assert [m.body for m in stolen] == [1]
+
+
+# -- one delivery is not another -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["ack", "nack", "release", "reject", "extend", "ack_many"])
+def test_a_refused_verb_of_an_old_delivery_leaves_the_new_one_held(verb):
+    clock = FakeClock(1000.0)
+    storage = mqlite.MemoryStorage()
+    q = mqlite.Queue("work", storage=storage, clock=clock, lease=10)
+    q.put("a")
+    consumer = q.consumer()
+    old = consumer.get()
+    clock.advance(11)
+    new = consumer.get()  # the same message, delivered again to the same consumer
+    special = {"extend": lambda: old.extend(5), "ack_many": lambda: q.ack_many([old])}
+    stale = special[verb] if verb in special else getattr(old, verb)
+    with pytest.raises(mqlite.LeaseLost):
+        stale()
+    assert consumer.held == 1
+    assert consumer._renew()  # auto_extend's tick still renews the new delivery
+    assert new.lease_expires_at == clock() + 10
+    q.close()  # and close releases it, no attempt counted
+    again = mqlite.Queue("work", storage=storage, clock=clock)
+    assert (again.stats().in_flight, again.peek()[0].attempts) == (0, 1)
 
 
 # -- close releases without counting an attempt ---------------------------------------------------

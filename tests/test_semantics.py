@@ -429,6 +429,72 @@ def test_with_message_acks_on_success_and_nacks_with_the_error_on_exception(cloc
     assert letter.headers["x-death-detail"] == "KeyError: 'missing'"
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_with_message_releases_when_the_worker_is_stopped(clock: FakeClock, stop: type[BaseException]) -> None:
+    q = mqlite.Queue("w", clock=clock, max_attempts=1)
+    q.put("job")
+    with pytest.raises(stop), q.get():
+        raise stop()
+    assert q.stats() == mqlite.QueueStats(1, 0, 0, 0, 0.0)  # no attempt counted: not dead-lettered
+    assert q.get().attempts == 1
+
+
+def test_async_with_message_releases_when_the_task_is_cancelled(clock: FakeClock) -> None:
+    q = mqlite.Queue("w", clock=clock, max_attempts=1)
+    q.put("job")
+
+    async def main() -> None:
+        entered = asyncio.Event()
+
+        async def worker() -> None:
+            async with await q.aget():
+                entered.set()
+                await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.ensure_future(worker())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert q.stats().dead == 0
+    assert q.get().attempts == 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_with_message_reraises_the_blocks_error_when_the_nack_finds_the_lease_lost(
+    clock: FakeClock, asynchronous: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = mqlite.Queue("w", clock=clock, lease=10)
+    q.put("job")
+
+    def redeliver() -> mqlite.Message[object]:
+        clock.advance(11)
+        return q.get()  # the same message, delivered again: the first delivery's nack is refused
+
+    if asynchronous:
+
+        async def main() -> None:
+            async with await q.aget():
+                redeliver()
+                raise ValueError("the real error")
+
+        with pytest.raises(ValueError, match="the real error"):
+            asyncio.run(main())
+    else:
+
+        def work() -> None:
+            with q.get():
+                redeliver()
+                raise ValueError("the real error")
+
+        with pytest.raises(ValueError, match="the real error"):
+            work()
+    assert "settling it on the way out of `with` failed" in caplog.text
+    assert q.stats().in_flight == 1  # the new delivery is untouched
+
+
 def test_with_message_leaves_an_explicitly_settled_message_alone(q: mqlite.Queue[object]) -> None:
     q.put("a")
     with q.get() as msg:
@@ -668,6 +734,44 @@ def test_late_extend_raises_lease_lost(q: mqlite.Queue[object], expired: mqlite.
     assert q.stats().ready == 1
     expired.ack()  # still allowed: nobody received it again
     assert q.qsize() == 0
+
+
+@pytest.mark.parametrize("verb", ["ack", "reject", "ack_many"])
+def test_a_late_settle_frees_room_and_wakes_a_blocked_putter(clock: FakeClock, verb: str) -> None:
+    q = mqlite.Queue("bounded", clock=clock, lease=10, maxsize=1)
+    q.put("a")
+    old = q.get()
+    clock.advance(11)  # the lease ended: "a" is ready again and fills the queue
+    assert q.full()
+    putter = start_thread(q.put, "b")  # no timeout: only a wake-up lets it finish
+    wait_until(lambda: waiting(q, "putters") == 1, what="the putter to block")
+    if verb == "ack_many":
+        q.ack_many([old])
+    else:
+        settle(old, verb)
+    putter.finish()
+    assert bodies(q.get_many(5)) == ["b"]
+
+
+def test_a_redrive_frees_room_in_a_bounded_dead_letter_queue(q: mqlite.Queue[object], clock: FakeClock) -> None:
+    q.put("a")
+    q.get().reject()
+    dead = mqlite.Queue(q.dead_letter, storage=q.storage, clock=clock, maxsize=1)
+    putter = start_thread(dead.put, "by hand")
+    wait_until(lambda: waiting(dead, "putters") == 1, what="the putter to block")
+    assert q.redrive() == 1
+    putter.finish()
+    assert dead.qsize() == 1
+
+
+def test_a_duplicate_put_needs_no_room(clock: FakeClock) -> None:
+    q = mqlite.Queue("bounded", clock=clock, lease=10, maxsize=1)
+    assert q.put("a", dedup_key="k") == 1
+    q.get()
+    q.put("b")
+    clock.advance(11)  # "a" is back: two waiting under maxsize 1
+    assert q.qsize() == 2
+    assert q.put_nowait("a again", dedup_key="k") == 1  # enqueues nothing, so it is not Full
 
 
 def test_late_ack_of_a_group_head_unblocks_the_group(q: mqlite.Queue[object], clock: FakeClock) -> None:
