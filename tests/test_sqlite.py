@@ -73,6 +73,20 @@ def test_a_file_that_is_not_a_database_is_refused_by_path(tmp_path):
     assert path.read_bytes() == b"hello, this is not SQLite at all\n" * 200
 
 
+def test_a_database_that_cannot_be_read_is_not_called_a_foreign_file():
+    """Only SQLite's "not a database" means the file is not ours; a read-only directory (the
+    WAL's -shm cannot be made) or a busy file is reported as what it is."""
+
+    class ReadOnly:
+        def execute(self, sql: str) -> None:
+            error = sqlite3.OperationalError("attempt to write a readonly database")
+            error.sqlite_errorname = "SQLITE_READONLY"
+            raise error
+
+    with pytest.raises(mqlite.StorageError, match=r"cannot read SQLite database 'app\.db' \(SQLite says: attempt"):
+        _sqlite_schema.check_file(ReadOnly(), "app.db")  # type: ignore[arg-type]
+
+
 def test_another_applications_database_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as conn:
@@ -522,6 +536,24 @@ def test_full_durability_syncs_the_wal_for_durable_calls_only_and_shares_fsyncs(
     assert len(synced) == 3
     assert not normal._split
     normal.close()
+
+
+def test_a_put_refused_for_lack_of_room_syncs_nothing_but_a_duplicate_put_does(tmp_path, monkeypatch):
+    """A producer waiting under maxsize retries its put after every change: a refusal changes
+    nothing and promises nothing, so it must not cost an fsync each time. A duplicate put
+    changes nothing either, but returns the id of a message whose commit may not be synced
+    yet: it syncs."""
+    synced: list[int] = []
+    monkeypatch.setattr(_sqlite_combiner, "_fdatasync", lambda fd: synced.append(fd))
+    storage = SQLiteStorage(tmp_path / "q.db")
+    assert storage.put("q", [Envelope(b"x", dedup_key="k")], T0, maxsize=1) is not None
+    assert len(synced) == 1
+    assert storage.put("q", [Envelope(b"y")], T0, maxsize=1) is None  # full
+    assert len(synced) == 1
+    storage._committed += 1  # as if another caller's commit had not been synced yet
+    assert storage.put("q", [Envelope(b"x", dedup_key="k")], T0, maxsize=1) is not None
+    assert len(synced) == 2
+    storage.close()
 
 
 def test_a_failed_wal_fsync_fails_the_call_and_every_later_durable_one(tmp_path, monkeypatch):

@@ -243,7 +243,6 @@ FORKING = textwrap.dedent(
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
-    assert storage._conn is parent_connection
     assert [m.body for m in storage.peek("q", 10, time.time())] == [b"from child"]
     storage.put("q", [Envelope(b"after")], time.time())
     assert storage.counts("q", time.time()) == (2, 0, 0)
@@ -259,6 +258,139 @@ def test_a_forked_child_reopens_instead_of_sharing_the_parents_connection(tmp_pa
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(
         [sys.executable, "-c", FORKING, str(tmp_path / "fork.db")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
+FORK_THEN_PARENT_CLOSES = textwrap.dedent(
+    """
+    import os, sys
+    import mqlite
+
+    path = sys.argv[1]
+    parent = mqlite.Queue("jobs", storage=f"sqlite:///{path}")
+    parent.put("parent")
+    opened, closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: its own storage, then more puts after the parent has closed its own
+        code = 1
+        try:
+            mine = mqlite.Queue("jobs", storage=f"sqlite:///{path}")
+            mine.put("child before")
+            os.write(opened[1], b"x")
+            assert os.read(closed[0], 1) == b"x"
+            for number in range(5):
+                mine.put(f"child after {number}")
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.read(opened[0], 1) == b"x"
+    parent.close()  # the last connection of this process: SQLite may checkpoint and drop the WAL
+    os.write(closed[1], b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+    with mqlite.Queue("jobs", storage=f"sqlite:///{path}") as fresh:
+        bodies = [m.body for m in fresh.peek(10)]
+    assert bodies == ["parent", "child before"] + [f"child after {n}" for n in range(5)], bodies
+    print("ok")
+    """
+)
+
+
+def test_a_child_forked_while_the_parent_had_the_file_open_keeps_every_put(tmp_path):
+    """SQLite keeps each file's locks in tables shared by the whole process: a child forked
+    while the parent had a connection open inherited them without the locks themselves, so
+    its own new connection took no lock, the parent closing last deleted the WAL the child
+    wrote to, and the child's puts (which had returned) were lost."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_THEN_PARENT_CLOSES, str(tmp_path / "fork.db")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
+FORK_MID_TRANSACTION = textwrap.dedent(
+    """
+    import asyncio, os, sys, threading, time
+    import mqlite
+    from mqlite import _keeper
+    from mqlite.storage import sqlite
+
+    path = sys.argv[1]
+    store = mqlite.SQLiteStorage(path, busy_timeout=10.0)
+    q = mqlite.Queue("jobs", storage=store)
+
+    async def use_async():  # the parent's I/O threads and lease keeper now exist
+        await q.aput("async")
+        await (await q.aget()).aack()
+
+    asyncio.run(use_async())
+    with q.consumer(auto_extend=True) as consumer:
+        q.put("kept")
+        consumer.get().ack()
+
+    inside, leave = threading.Event(), threading.Event()
+    insert = sqlite.insert_plain
+
+    def slow_insert(conn, qid, rows):  # holds the write transaction open
+        insert(conn, qid, rows)
+        inside.set()
+        assert leave.wait(10)
+
+    sqlite.insert_plain = slow_insert
+    writer = threading.Thread(target=q.put, args=("from a thread",))
+    writer.start()
+    assert inside.wait(10)
+    threading.Timer(0.2, leave.set).start()  # the transaction ends by itself, fork or not
+    pid = os.fork()  # waits for that transaction
+    if pid == 0:
+        code = 1
+        try:
+            sqlite.insert_plain = insert
+            began = time.monotonic()
+            q.put("from the child")  # the inherited storage object, reopened
+            assert time.monotonic() - began < 5, "the child waited for a lock nobody holds"
+
+            async def child_async():
+                await asyncio.wait_for(q.aput("async in the child"), 10)
+
+            asyncio.run(child_async())
+            with q.consumer(lease=30, auto_extend=True) as consumer:
+                message = consumer.get()
+                assert _keeper.keeper()._thread.is_alive(), "no lease keeper runs in the child"
+                message.release()
+            code = 0
+        finally:
+            os._exit(code)
+    writer.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+    bodies = sorted(m.body for m in q.peek(10))
+    assert bodies == ["async in the child", "from a thread", "from the child"], bodies
+    q.close()
+    store.close()
+    print("ok")
+    """
+)
+
+
+def test_a_fork_waits_for_the_transaction_under_way_and_the_child_works(tmp_path):
+    """A fork while another thread is inside a write transaction: the child must neither hang
+    on a lock inherited as held nor wait for a lock the parent no longer holds; its async calls
+    (the parent's I/O threads do not exist there) and lease keeper must work."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_MID_TRANSACTION, str(tmp_path / "fork.db")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"

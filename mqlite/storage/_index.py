@@ -252,7 +252,7 @@ class QueueIndex:
                     duplicates = {}
                 duplicates[position] = earlier
                 fresh -= 1
-        if maxsize and self.n_ready + self.n_delayed + fresh > maxsize:
+        if maxsize and fresh and self.n_ready + self.n_delayed + fresh > maxsize:
             return None
         next_id = storage.take_ids(fresh)
         ids: list[int] = []

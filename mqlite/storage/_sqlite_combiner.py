@@ -294,7 +294,11 @@ class Combiner(abc.ABC):
     def _transaction(self, conn: sqlite3.Connection, todo: list[WaitingCall]) -> None:
         """Run ``todo`` in one ``BEGIN IMMEDIATE`` transaction, each call in its own savepoint
         when there are several, commit once, and number the commit for the durable calls'
-        WAL fsync under the split sync."""
+        WAL fsync under the split sync. A batch of puts refused for lack of room (each answer
+        None: a producer waiting under maxsize retries often) that changed no row syncs
+        nothing: they promise nothing. Any other durable call syncs even when it changed no
+        row, since its answer may rest on a commit not yet synced (a duplicate put returns the
+        id of a message another caller's commit made)."""
         try:
             durable = self._full and any(op.durable for op in todo)
             self._set_sync(conn, "FULL" if durable and not self._split else "NORMAL")
@@ -304,6 +308,7 @@ class Combiner(abc.ABC):
                 op.error = self._error(error) if isinstance(error, sqlite3.Error) else error
             return
         writes = self._writes
+        changes = conn.total_changes
         try:
             dv = conn.execute("PRAGMA data_version").fetchone()[0]
             if dv != self._dv:
@@ -332,7 +337,8 @@ class Combiner(abc.ABC):
                 if self._commits % VACUUM_EVERY == 0:
                     self._vacuum(conn)
             conn.execute("COMMIT")
-            if durable and self._split:
+            refused = conn.total_changes == changes and all(op.result is None for op in todo if op.durable)
+            if durable and self._split and not refused:
                 self._committed += 1
                 for op in todo:
                     if op.durable and op.error is None:

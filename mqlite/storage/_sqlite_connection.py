@@ -3,8 +3,8 @@ keeping connections safe across ``fork``.
 
 Why apart: these are the rules of SQLite and POSIX file locks that the storage must follow
 whatever it stores - how to create the file without dropping this process's locks, how to wait
-for another process's write transaction, and why a connection inherited by a forked child must
-be neither used nor closed there - and they read best next to each other, with their reasons.
+for another process's write transaction, and why no connection may be open when the process
+forks - and they read best next to each other, with their reasons.
 """
 
 from __future__ import annotations
@@ -88,7 +88,14 @@ def _busy(error: sqlite3.OperationalError) -> bool:
 
 
 class ForkAware(Protocol):
-    """What :func:`track` needs of a storage: a way to drop its parent's state in a child."""
+    """What :func:`track` needs of a storage: a way to hand no SQLite state to a child."""
+
+    def _before_fork(self) -> None:
+        """In the parent, just before fork: wait for the transaction and the WAL sync under
+        way, keep the next from starting, and close the connection and the WAL descriptor."""
+
+    def _after_fork_in_parent(self) -> None:
+        """In the parent, after fork: let calls run again (they reopen the connection)."""
 
     def _forked(self) -> None:
         """In a child after fork: abandon the parent's connection and locks."""
@@ -111,10 +118,44 @@ def abandon(conn: sqlite3.Connection) -> None:
     _abandoned.append(conn)
 
 
+_forking: list[ForkAware] = []
+"""The storages :func:`_before_fork` closed, to be let go on again after the fork."""
+
+
+def _before_fork() -> None:
+    """Close every open storage's connection before the process forks.
+
+    SQLite keeps the locks of every file it has open in tables shared by the whole process. A
+    child inherits those tables but not the POSIX locks they describe, so even a connection
+    the child opens anew would believe it holds locks it does not: another process (the parent
+    closing last) then checkpoints and deletes the WAL the child writes to, and what the child
+    committed is lost. With no connection open at the fork, the child inherits no such state."""
+    storages = [storage for storage in list(_live) if getattr(storage, "_pid", None) == os.getpid()]
+    done: list[ForkAware] = []
+    try:
+        for storage in storages:
+            storage._before_fork()
+            done.append(storage)
+    except BaseException:
+        for storage in done:
+            storage._after_fork_in_parent()
+        raise
+    _forking[:] = done
+
+
+def _after_fork_in_parent() -> None:
+    storages, _forking[:] = list(_forking), []
+    for storage in storages:
+        storage._after_fork_in_parent()
+
+
 def _after_fork_in_child() -> None:
+    _forking.clear()
     for storage in list(_live):
         storage._forked()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -173,7 +173,9 @@ def check_file(conn: sqlite3.Connection, path: str) -> tuple[int, bool]:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as error:
-        raise StorageError(f"{path!r} is not an mqlite database (SQLite says: {error})") from error
+        if getattr(error, "sqlite_errorname", "SQLITE_NOTADB") == "SQLITE_NOTADB":
+            raise StorageError(f"{path!r} is not an mqlite database (SQLite says: {error})") from error
+        raise StorageError(f"cannot read SQLite database {path!r} (SQLite says: {error})") from error
     if app_id != APPLICATION_ID and (app_id != 0 or tables):
         raise StorageError(
             f"{path!r} is an SQLite database but not an mqlite one (application_id {app_id:#x}, "

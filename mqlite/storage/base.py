@@ -160,8 +160,9 @@ class Storage(abc.ABC):
         New messages get consecutive ids, higher than any id the storage gave before. An
         envelope whose ``dedup_key`` was put in this queue less than ``dedup_window`` seconds
         before ``now`` (counting from that first put) stores nothing and returns the first id.
-        With ``maxsize`` > 0, if the queue's ready + delayed count plus the new messages would
-        exceed it, store nothing and return ``None``.
+        With ``maxsize`` > 0, if the batch has new messages and the queue's ready + delayed count
+        plus those would exceed it, store nothing and return ``None`` (a batch of duplicates
+        only needs no room).
         """
 
     @abc.abstractmethod

@@ -154,8 +154,35 @@ class SQLiteStorage(Combiner, Storage):
         self._wake: dict[int, tuple[int, float | None]] = {}  # qid -> (writes, exact next deadline)
         self._dv = -1
 
+    def _before_fork(self) -> None:
+        """See :func:`mqlite.storage._sqlite_connection._before_fork`: hold the write and sync
+        locks across the fork, with the connection and the WAL descriptor closed. A later call
+        in the parent opens a new connection (a few milliseconds, once per fork)."""
+        self._conn_lock.acquire()
+        try:
+            self._sync_lock.acquire()
+        except BaseException:
+            self._conn_lock.release()
+            raise
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            self._sync = None
+            self._forget()
+        fd, self._wal_fd = self._wal_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _after_fork_in_parent(self) -> None:
+        self._sync_lock.release()
+        self._conn_lock.release()
+
     def _forked(self) -> None:
-        """In a child after fork: abandon the parent's connection and locks."""
+        """In a child after fork: start afresh (new locks, no connection, empty caches). A
+        connection the parent had open (only if it forked without the at-fork hook) is kept
+        referenced, never used nor closed here: closing could act on the parent's WAL."""
         if self._conn is not None:
             abandon(self._conn)
         if self._wal_fd is not None:  # this process's copy of the descriptor only
@@ -404,7 +431,7 @@ class SQLiteStorage(Combiner, Storage):
             else:
                 keys[key] = position
         fresh = count - (len(duplicates) if duplicates else 0)
-        if maxsize:
+        if maxsize and fresh:
             ready, delayed, _ = conn.execute(COUNTS, {"qid": qid}).fetchone()
             if ready + delayed + fresh > maxsize:
                 return None

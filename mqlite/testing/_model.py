@@ -202,7 +202,7 @@ class ReferenceModel(Storage):
                     if key is not None:
                         batch[key] = position
             fresh = plan.count(None)
-            if maxsize > 0 and q.count(READY) + q.count(DELAYED) + fresh > maxsize:
+            if maxsize > 0 and fresh and q.count(READY) + q.count(DELAYED) + fresh > maxsize:
                 return None
             ids: list[int] = []
             for envelope, earlier in zip(envelopes, plan, strict=True):
