@@ -83,7 +83,18 @@ def key(what: str, value: object) -> str | None:
         raise ValueError(f"{what} must be 1 to {MAX_KEY_LENGTH} characters, got {len(value)}")
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL")
+    if not value.isascii():
+        _utf8(what, value)
     return value
+
+
+def _utf8(what: str, value: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone surrogate, as ``os.fsdecode`` makes of bad
+    bytes): every persistent storage writes text as UTF-8, and would fail at the write."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} {value!r} cannot be written as UTF-8: {error.reason} at index {error.start}") from None
 
 
 def headers(value: object) -> Mapping[str, str] | None:
@@ -99,5 +110,8 @@ def headers(value: object) -> Mapping[str, str] | None:
             raise TypeError(f"headers must map str to str; got {name!r}: {type(text).__name__}")
         if name in DEATH_HEADERS:
             raise ValueError(f"header {name!r} is reserved for dead letters")
+        if not (name.isascii() and text.isascii()):
+            _utf8("header name", name)
+            _utf8(f"header {name!r} value", text)
         copied[name] = text
     return copied or None
