@@ -315,3 +315,31 @@ def test_a_draining_backlog_carries_its_stragglers_instead_of_compacting(tmp_pat
     clean = FileStorage(directory, durability="normal")
     assert _observed(clean, now, ["q"]) == expected
     clean.close()
+
+
+def test_a_roll_syncs_the_old_segment_before_the_new_one_exists(tmp_path, monkeypatch):
+    """Under durability "full", a power cut during a roll must not find a newer segment on disk
+    while the old one's last records are torn: a torn tail is cut only from the newest segment,
+    anywhere else it is corruption and the log would open only with salvage."""
+    events: list[tuple[str, str]] = []
+    real_fdatasync = os.fdatasync
+    real_create = FileStorage._create_segment
+
+    def fdatasync(fd: int) -> None:
+        events.append(("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fdatasync(fd)
+
+    def create(storage: FileStorage, number: int) -> int:
+        events.append(("create", _log.segment_name(number)))
+        return real_create(storage, number)
+
+    storage = FileStorage(str(tmp_path / "mq"), segment_size=4096)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(FileStorage, "_create_segment", create)
+    while not any(kind == "create" for kind, _ in events):
+        storage.put("q", [Envelope(b"x" * 200)], T0)
+    storage.close()
+    created = next(i for i, (kind, _) in enumerate(events) if kind == "create")
+    old = _log.segment_name(1)
+    assert events[created - 1] == ("sync", old)  # the old segment's last records, synced first ...
+    assert ("sync", old) not in events[created:]  # ... not after the new segment exists

@@ -296,6 +296,17 @@ def resync(data: bytes, start: int, limit: int | None = None) -> int | None:
     return None
 
 
+def good_records_follow(data: bytes, start: int, limit: int) -> bool:
+    """Whether well-formed records begin after ``start`` and run, one after another, to the
+    end of the records (``limit``: the zero padding, or the end of the file).
+
+    Tells a damaged record from a torn tail: after a crash during an append, nothing complete
+    follows the torn record but, at most, pieces of its own payload; a run of good records
+    reaching the end means the record at ``start`` was damaged where it lay."""
+    resumed = resync(data, start, limit)
+    return resumed is not None and not any(isinstance(item, Bad) for item in scan(data, resumed))
+
+
 # -- operation records -------------------------------------------------------------------------
 
 

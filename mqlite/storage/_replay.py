@@ -111,6 +111,7 @@ class Replayer:
         self._snap_queue: QueueIndex | None = None  # the queue a snapshot is restoring
         self._snap_count = 0  # messages the current snapshot restored so far
         self._records_end = 0  # where the records of the segment last replayed ended
+        self.skipped = False  # salvage skipped something: the state may lack what it held
 
     def _file(self, number: int) -> str:
         """The path of segment ``number``."""
@@ -133,23 +134,23 @@ class Replayer:
                     continue
         segments.sort()
         base = self._find_base(segments)
+        replaced: list[int] = []  # segments before the snapshot: removed once it replayed cleanly
         if base is not None and base != segments[0]:
-            for number in segments[: segments.index(base)]:
-                log.info("mqlite: removing %s, replaced by the snapshot in %s", self._file(number), self._file(base))
-                os.unlink(self._file(number))
+            replaced = segments[: segments.index(base)]
             segments = segments[segments.index(base) :]
-            _log.sync_directory(self.path)
-        if (
-            segments
-            and base is None
-            and segments[0] != 1
-            and self._first_kind(segments[0]) != _log.SEGMENT_START
-            and not self.salvage
-        ):
-            raise CorruptStorage(
-                f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1, a "
-                "snapshot nor a segment start is there; open with salvage=True to load what is left"
-            )
+        if segments and base is None and segments[0] != 1 and not self.salvage:
+            first = self._first_kind(segments[0])
+            if first == 0:
+                raise CorruptStorage(
+                    f"{self._file(segments[0])}: the log starts here, but the file header or the record at "
+                    f"offset {_log.HEADER_SIZE} (a snapshot or a segment start) is damaged; "
+                    "open with salvage=True to load what is left"
+                )
+            if first != _log.SEGMENT_START:
+                raise CorruptStorage(
+                    f"{self.path}: the log starts at {_log.segment_name(segments[0])}, but neither segment 1, a "
+                    "snapshot nor a segment start is there; open with salvage=True to load what is left"
+                )
         for before, after in itertools.pairwise(segments):
             if after != before + 1 and not self.salvage:
                 raise CorruptStorage(
@@ -162,13 +163,30 @@ class Replayer:
                 last_kind = self._replay_segment(number, newest=position == len(segments) - 1, last_kind=last_kind)
         if self.base_id:
             self.index.recount_dead()
+        if base is not None and replaced and not self.salvage:  # with salvage, delete nothing
+            for number in replaced:
+                log.info("mqlite: removing %s, replaced by the snapshot in %s", self._file(number), self._file(base))
+                os.unlink(self._file(number))
+            _log.sync_directory(self.path)
         return segments, last_kind
 
     def _first_kind(self, number: int) -> int:
-        """The type of segment ``number``'s first record (0 if it has none)."""
+        """The type of segment ``number``'s first record; 0 if it has none, or if that record
+        or the file header does not check out (a damaged byte must not make a segment look
+        like a snapshot, which would make the segments before it look replaced)."""
         with open(self._file(number), "rb") as stream:
             head = stream.read(_log.HEADER_SIZE + _log.FRAME_SIZE)
-        return head[-1] if len(head) == _log.HEADER_SIZE + _log.FRAME_SIZE else 0
+            if len(head) < _log.HEADER_SIZE + _log.FRAME_SIZE:
+                return 0
+            _, length, _ = _log.FRAME.unpack_from(head, _log.HEADER_SIZE)
+            data = head + stream.read(length)
+        try:
+            if _log.check_header(data)[0] != number:
+                return 0
+        except ValueError:
+            return 0
+        first = next(_log.scan(data, _log.HEADER_SIZE), None)
+        return 0 if first is None or isinstance(first, _log.Bad) else first[1]
 
     def _find_base(self, segments: list[int]) -> int | None:
         """The newest segment that starts with a snapshot: the log begins there."""
@@ -185,8 +203,10 @@ class Replayer:
         space (``durability="full"`` writes records over zeros written ahead), removed here. A
         bad record ends the ``newest`` segment (truncated there, with a warning) if it is a torn
         tail: one that reaches the end of the file or its zero padding, what a crash during an
-        append leaves. Anywhere else it raises :class:`~mqlite.CorruptStorage`, or with
-        ``salvage=True`` is skipped up to the next record that checks out.
+        append leaves, unless good records follow it to the end (a damaged length field also
+        makes a record seem to run past the end; what follows shows it is not the tail).
+        Anywhere else it raises :class:`~mqlite.CorruptStorage`, or with ``salvage=True`` is
+        skipped up to the next record that checks out.
         """
         path = self._file(number)
         self._segment = number
@@ -206,6 +226,7 @@ class Replayer:
                     os.fdatasync(stream.fileno())
                 return last_kind
             if self.salvage:
+                self.skipped = True
                 log.error("mqlite: %s: skipping the whole segment: %s", path, exc)
                 return last_kind
             raise CorruptStorage(f"{path}: bad file header at offset 0: {exc}") from None
@@ -219,7 +240,7 @@ class Replayer:
                     os.truncate(path, self._records_end)
                 return last_kind
             tail = data[stopped.offset :]
-            if newest and stopped.runs_past_end:
+            if newest and stopped.runs_past_end and not _log.good_records_follow(data, stopped.offset, limit):
                 log.warning(
                     "mqlite: %s: cutting off a torn tail of %d bytes at offset %d (%s)",
                     path,
@@ -235,6 +256,7 @@ class Replayer:
                     "open with salvage=True to skip it and keep the rest"
                 )
             resumed = _log.resync(data, stopped.offset, limit)
+            self.skipped = True
             log.error(
                 "mqlite: %s: skipping corrupt bytes %d..%d (%s)",
                 path,
@@ -349,6 +371,7 @@ class Replayer:
                         raise CorruptStorage(
                             f"{path}: {_log.NAMES[kind]} record at offset {pos}: replay diverged: {exc}"
                         ) from None
+                    self.skipped = True
                     log.error(
                         "mqlite: %s: %s record at offset %d: replay diverged: %s", path, _log.NAMES[kind], pos, exc
                     )
@@ -357,6 +380,7 @@ class Replayer:
                         raise CorruptStorage(
                             f"{path}: {_log.NAMES[kind]} record at offset {pos} does not decode: {exc!r}"
                         ) from None
+                    self.skipped = True
                     log.error("mqlite: %s: skipping %s record at offset %d: %r", path, _log.NAMES[kind], pos, exc)
                     index = self.index
                     last_id = index.last_id
@@ -532,10 +556,18 @@ class Replayer:
                             heapq.heappush(heap, first_id)
                         return
             put = _log.decode_put(data)
-            if put.first_id:
-                if put.first_id <= index.last_id:
-                    raise _Diverged(f"id {put.first_id} was already given")
-                index.last_id = put.first_id - 1
+            if not put.first_id:  # every envelope was a duplicate: the put stored nothing
+                index.touch(put.queue, put.now)
+                return
+            if put.first_id <= index.last_id:
+                raise _Diverged(f"id {put.first_id} was already given")
+            if self.skipped:  # salvage skipped records, which may have held dedup entries
+                keys = [envelope.dedup_key for envelope in put.envelopes if envelope.dedup_key is not None]
+                if keys and len(put.envelopes) > 1:  # which envelopes were new is unknown: no guessing
+                    raise _Diverged("a batch with dedup keys, after skipped records: its duplicates are unknown")
+                if keys:  # one envelope and an id: it was new, whatever the replayed state says
+                    index.queue(put.queue).dedup.pop(keys[0], None)
+            index.last_id = put.first_id - 1
             before = index.last_id
             index.put(put.queue, put.envelopes, put.now, 0)
             if bool(put.first_id) != (index.last_id > before):

@@ -395,11 +395,17 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
     def _start_segment(self) -> None:
         """Roll: create the next segment and write its ``SEGMENT_START`` record (the counters,
         every queue's settings and dedup entries as they are now), synced with its header under
-        durability "full", so that replay can begin there once older segments are deleted."""
+        durability "full", so that replay can begin there once older segments are deleted.
+
+        The old segment is synced before the new one exists: a power cut must not find a
+        newer segment on disk while the old one's last records are torn, as a torn tail is
+        only cut off the newest segment and anywhere else means corruption."""
         number = self._segment + 1
         self._unpad()
+        if self._full and self._fd >= 0:
+            os.fdatasync(self._fd)
         fd = self._create_segment(number)
-        self._swap_fd(fd, synced=False)
+        self._swap_fd(fd, synced=self._full)
         self._segment = number
         self._seg_bytes = self._zeroed = _log.HEADER_SIZE
         self._sizes[number] = self._seg_bytes
