@@ -94,7 +94,9 @@ def _utf8(what: str, value: str) -> None:
     try:
         value.encode()
     except UnicodeEncodeError as error:
-        raise ValueError(f"{what} {value!r} cannot be written as UTF-8: {error.reason} at index {error.start}") from None
+        raise ValueError(
+            f"{what} {value!r} cannot be written as UTF-8: {error.reason} at index {error.start}"
+        ) from None
 
 
 def headers(value: object) -> Mapping[str, str] | None:
