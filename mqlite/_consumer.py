@@ -145,9 +145,12 @@ class Consumer(Generic[T]):
         appended to it for the caller to run off the event loop.
         """
         queue = self._queue
+        limit = queue._spec.max_attempts
         if len(records) == 1:  # the common case, without the loop and the lists
             record = records[0]
             queue._channel.changed(0, record.lease_expires_at or NEVER, 1)
+            if limit is not None and record.attempts >= limit:
+                self._watch_last_attempts(records, limit)
             if queue._closed or self._closed:
                 _now_or_later(defer, self._release_records, records)
                 self._check_open()
@@ -169,6 +172,8 @@ class Consumer(Generic[T]):
                 queue._keeper().watch(self)
             return [message]
         queue._channel.changed(0, records[0].lease_expires_at or NEVER, len(records))
+        if limit is not None:
+            self._watch_last_attempts(records, limit)
         if queue._closed or self._closed:
             _now_or_later(defer, self._release_records, records)
             self._check_open()
@@ -195,6 +200,14 @@ class Consumer(Generic[T]):
             self._buffer.extend(messages[n:])
             del messages[n:]
         return messages
+
+    def _watch_last_attempts(self, records: list[Leased], limit: int) -> None:
+        """A lease at the last attempt moves its message to the dead-letter queue if it ends
+        unsettled, with no call saying so: getters there sleeping past its end must look again
+        then (they apply time to this queue, see :meth:`Queue._feed`)."""
+        ends = [r.lease_expires_at for r in records if r.attempts >= limit and r.lease_expires_at is not None]
+        if ends:
+            self._queue._dead_channel().changed(0, min(ends))
 
     def _reject_undecodable(self, poisoned: list[tuple[Leased, SerializationError]]) -> None:
         queue = self._queue
@@ -252,6 +265,7 @@ class Consumer(Generic[T]):
         channel = queue._channel
         self._check_open()
         epoch = channel.epoch
+        fed_at = queue._feed(queue._clock()) if channel.feeders else None
         taken = self._take(n)
         if taken:
             return taken, None, None
@@ -262,7 +276,7 @@ class Consumer(Generic[T]):
             remaining = deadline - time.monotonic()
             if remaining <= 0.0:
                 raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
-        wake_at = queue._storage.next_wakeup(queue._name, queue._clock())
+        wake_at = _earliest(queue._storage.next_wakeup(queue._name, queue._clock()), fed_at)
         waiter = make_waiter(self)
         with channel.mutex:
             if channel.epoch != epoch or self._closed or queue._closed:
@@ -307,7 +321,10 @@ class Consumer(Generic[T]):
         self._check_open()
         epoch = channel.epoch
         taken = self._unbuffer(n) if self._buffer else None
+        fed_at = None
         if not taken:
+            if channel.feeders:
+                fed_at = await queue._call(queue._feed, queue._clock())
             taken = await self._take_off_loop(n)
         if taken:
             return taken, None, None
@@ -316,7 +333,7 @@ class Consumer(Generic[T]):
             remaining = deadline - time.monotonic()
             if remaining <= 0.0:
                 raise Empty(f"no message became eligible in queue {queue.name!r} within {timeout:g}s")
-        wake_at = await queue._call(queue._storage.next_wakeup, queue._name, queue._clock())
+        wake_at = _earliest(await queue._call(queue._storage.next_wakeup, queue._name, queue._clock()), fed_at)
         waiter = AsyncWaiter(self)
         with channel.mutex:
             if channel.epoch != epoch or self._closed or queue._closed:
@@ -702,6 +719,13 @@ def _now_or_later(defer: list[Callable[[], None]] | None, action: Callable[..., 
         action(*args)
     else:
         defer.append(functools.partial(action, *args))
+
+
+def _earliest(first: float | None, second: float | None) -> float | None:
+    """The earlier of two optional times (None: never)."""
+    if first is None:
+        return second
+    return first if second is None or first <= second else second
 
 
 def _run_all(actions: list[Callable[[], None]]) -> None:

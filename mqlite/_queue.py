@@ -157,6 +157,8 @@ class Queue(Generic[T]):
             raise
         self._channel: Channel = channel_for(storage, self._name)
         self._dead_letter_channel: Channel | None = None
+        if max_attempts is not None:
+            self._dead_channel().feeders.add(self._name)
         self._consumers: weakref.WeakSet[Consumer[T]] = weakref.WeakSet()
         self._default: Consumer[T] = Consumer(self, lease, 1, False)
 
@@ -215,6 +217,18 @@ class Queue(Generic[T]):
 
     def _keeper(self) -> LeaseKeeper:
         return keeper()
+
+    def _feed(self, now: float) -> float | None:
+        """For a dead-letter queue: apply what time did to the queues that feed it (a lease that
+        ended at its last attempt moves its message here, but only once a call applies time to
+        its queue) and return the earliest time one of them changes by itself, or None."""
+        storage = self._storage
+        first: float | None = None
+        for name in tuple(self._channel.feeders):
+            at = storage.next_wakeup(name, now)
+            if at is not None and (first is None or at < first):
+                first = at
+        return first
 
     def _decode(self, record: Leased) -> T:
         serializer = self._serializer
@@ -717,7 +731,10 @@ class Queue(Generic[T]):
     def qsize(self) -> int:
         """How many messages wait to be delivered: ready plus delayed (not in flight)."""
         self._check_open()
-        ready, delayed, _ = self._storage.counts(self._name, self._clock())
+        now = self._clock()
+        if self._channel.feeders:
+            self._feed(now)
+        ready, delayed, _ = self._storage.counts(self._name, now)
         return ready + delayed
 
     def __len__(self) -> int:
@@ -735,14 +752,20 @@ class Queue(Generic[T]):
     def stats(self) -> QueueStats:
         """Counts of ready, delayed, in-flight and dead messages, and the oldest ready age."""
         self._check_open()
-        return self._storage.stats(self._name, self._clock())
+        now = self._clock()
+        if self._channel.feeders:
+            self._feed(now)
+        return self._storage.stats(self._name, now)
 
     def peek(self, n: int = 1) -> list[Message[T]]:
         """Up to ``n`` unsettled messages in the order they would be delivered if all were
         eligible now, leasing nothing; their settle verbs raise :class:`LeaseLost`."""
         n = _validate.count("n", n, minimum=0)
         self._check_open()
-        records = self._storage.peek(self._name, n, self._clock())
+        now = self._clock()
+        if self._channel.feeders:
+            self._feed(now)
+        records = self._storage.peek(self._name, n, now)
         return [Message(record, self._decode(record), None) for record in records]
 
     def purge(self) -> int:

@@ -101,10 +101,11 @@ class Channel:
 
     ``getters`` wait for an eligible message, ``putters`` for room under maxsize, ``joiners``
     for the queue to be settled. A getter also sleeps no later than its ``wake_at``: the next
-    time at which time alone changes the queue (a delay or a lease ending).
+    time at which time alone changes the queue (a delay or a lease ending, here or, for a
+    dead-letter queue, in one of its ``feeders``).
     """
 
-    __slots__ = ("__weakref__", "epoch", "getters", "joiners", "mutex", "putters", "timer_at")
+    __slots__ = ("__weakref__", "epoch", "feeders", "getters", "joiners", "mutex", "putters", "timer_at")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
@@ -113,6 +114,9 @@ class Channel:
         self.putters: deque[Waiter] = deque()
         self.joiners: deque[Waiter] = deque()
         self.timer_at = NEVER
+        # Queues (opened in this process) that dead-letter into this one after max_attempts: a
+        # lease of theirs ending unsettled can move a message here, with no call saying so.
+        self.feeders: set[str] = set()
 
     def enlist(self, waiters: deque[Waiter], waiter: Waiter) -> None:
         """Add ``waiter``; the caller holds the mutex and checked ``epoch``."""

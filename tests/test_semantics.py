@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from _doubles import async_wait_until, start_thread, wait_until, waiting
+from _doubles import TIMEOUT, BlockingMemoryStorage, async_wait_until, start_thread, wait_until, waiting
 
 import mqlite
 from mqlite import Empty, LeaseLost, QueueClosed
@@ -772,6 +772,51 @@ def test_a_duplicate_put_needs_no_room(clock: FakeClock) -> None:
     clock.advance(11)  # "a" is back: two waiting under maxsize 1
     assert q.qsize() == 2
     assert q.put_nowait("a again", dedup_key="k") == 1  # enqueues nothing, so it is not Full
+
+
+def test_a_death_by_lease_end_shows_in_the_dead_letter_queue_at_once(clock: FakeClock) -> None:
+    q = mqlite.Queue("src", clock=clock, lease=10, max_attempts=1)
+    dead = mqlite.Queue(q.dead_letter, storage=q.storage, clock=clock)
+    q.put("poison")
+    q.get()
+    clock.advance(11)  # the last lease ended: dead at that moment, though nobody called q
+    assert dead.qsize() == 1
+    assert dead.stats().ready == 1
+    assert [m.body for m in dead.peek()] == ["poison"]
+
+
+@pytest.mark.parametrize("leased_first", [True, False])
+def test_a_blocked_dead_letter_getter_wakes_when_a_last_lease_ends(leased_first: bool) -> None:
+    """A monitor blocked on the dead-letter queue (``for msg in dead:``) must receive a message
+    whose last lease ended, whether that lease was taken before it slept or after."""
+    q = mqlite.Queue("src", lease=0.2, max_attempts=1)
+    dead = mqlite.Queue(q.dead_letter, storage=q.storage)
+    q.put("poison")
+    if leased_first:
+        q.get()
+    monitor = start_thread(dead.get)  # no timeout: only a wake-up ends it
+    wait_until(lambda: waiting(dead) == 1, what="the monitor to block")
+    if not leased_first:
+        q.get()  # the last attempt's lease starts while the monitor sleeps with no timer
+    letter = monitor.finish()
+    assert (letter.body, letter.headers["x-death-detail"]) == ("poison", "lease expired")
+    q.close()
+
+
+def test_a_blocked_async_dead_letter_getter_wakes_when_a_last_lease_ends() -> None:
+    storage = BlockingMemoryStorage()
+    q = mqlite.Queue("src", storage=storage, lease=0.2, max_attempts=1)
+    dead = mqlite.Queue(q.dead_letter, storage=storage)
+    q.put("poison")
+
+    async def monitor() -> str:
+        getter = asyncio.create_task(dead.aget())
+        await async_wait_until(lambda: waiting(dead) == 1, what="the monitor to block")
+        q.get()
+        return (await asyncio.wait_for(getter, TIMEOUT)).body  # type: ignore[no-any-return]
+
+    assert asyncio.run(monitor()) == "poison"
+    q.close()
 
 
 def test_late_ack_of_a_group_head_unblocks_the_group(q: mqlite.Queue[object], clock: FakeClock) -> None:
