@@ -383,7 +383,7 @@ class Consumer(Generic[T]):
         if timeout is not None:
             timeout = _validate.timeout(timeout)
         queue = self._queue
-        if not (self._buffer or self._closed or queue._closed):  # the fast path: one attempt
+        if not (self._buffer or self._closed or queue._closed or queue._channel.feeders):  # the fast path
             records = queue._storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)
             if records:
                 messages = self._adopt(records, 1)
@@ -418,7 +418,7 @@ class Consumer(Generic[T]):
             if now - self._yielded > YIELD_EVERY:
                 self._yielded = now
                 await asyncio.sleep(0)
-            if not (self._buffer or self._closed or queue._closed):  # the fast path: one attempt
+            if not (self._buffer or self._closed or queue._closed or queue._channel.feeders):  # the fast path
                 records = storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)
                 if records:
                     messages = self._adopt(records, 1)

@@ -390,6 +390,8 @@ class Queue(Generic[T]):
                 self._check_open()
                 epoch = channel.epoch
                 now = self._clock()
+                if self._maxsize and channel.feeders:  # the room left counts deaths due by now
+                    self._feed(now)
                 ids = self._storage.put(self._name, envelopes, now, self._maxsize)
                 if ids is not None:
                     self._announce(envelopes, now)
@@ -423,6 +425,8 @@ class Queue(Generic[T]):
                 self._check_open()
                 epoch = channel.epoch
                 now = self._clock()
+                if self._maxsize and channel.feeders:  # the room left counts deaths due by now
+                    await self._call(self._feed, now)
                 ids = await self._call_landing(
                     self._storage.put, (self._name, envelopes, now, self._maxsize), self._announcer(envelopes, now)
                 )
@@ -498,6 +502,7 @@ class Queue(Generic[T]):
             and priority.__class__ is int
             and priority == 0
             and not self._closed
+            and not (self._maxsize and self._channel.feeders)  # room in a dead-letter queue: _put_sync
         ):  # the fast path: default options (_defaults, inline), one attempt; the envelope is
             # built as Envelope(data) would be, minus the namedtuple's Python-level __new__
             data = body if self._serializer is None else self._encode(body)
@@ -562,6 +567,7 @@ class Queue(Generic[T]):
             timeout is None
             and not self._closed
             and not self._storage.blocking_io
+            and not (self._maxsize and self._channel.feeders)
             and _defaults(delay, priority, group, dedup_key, headers)
         ):  # the fast path: default options on a storage that never blocks, one attempt
             data = body if self._serializer is None else self._encode(body)
@@ -771,7 +777,10 @@ class Queue(Generic[T]):
     def purge(self) -> int:
         """Delete every ready and delayed message (not those in flight); return how many."""
         self._check_open()
-        removed = self._storage.purge(self._name, self._clock())
+        now = self._clock()
+        if self._channel.feeders:
+            self._feed(now)
+        removed = self._storage.purge(self._name, now)
         self._channel.changed(0, room=removed, settled=True)
         return removed
 
@@ -788,7 +797,10 @@ class Queue(Generic[T]):
         return moved
 
     def _unsettled(self) -> bool:
-        ready, delayed, in_flight = self._storage.counts(self._name, self._clock())
+        now = self._clock()
+        if self._channel.feeders:
+            self._feed(now)
+        ready, delayed, in_flight = self._storage.counts(self._name, now)
         return bool(ready or delayed or in_flight)
 
     def join(self, timeout: float | None = None) -> bool:

@@ -785,6 +785,26 @@ def test_a_death_by_lease_end_shows_in_the_dead_letter_queue_at_once(clock: Fake
     assert [m.body for m in dead.peek()] == ["poison"]
 
 
+def test_every_call_on_a_dead_letter_queue_sees_deaths_by_lease_end(clock: FakeClock) -> None:
+    """Found by tests/test_front_machine.py: purge, put under maxsize, join and get's first try
+    on a dead-letter queue also apply what time did to the queues that feed it."""
+
+    def dead_after_a_lease_end(maxsize: int = 0) -> mqlite.Queue[object]:
+        q = mqlite.Queue("src", clock=clock, lease=1.0, max_attempts=1)
+        q.put("first")
+        q.put("second")
+        q.get()
+        q.get().reject("poison")  # 2 is dead at once; 1 still leased
+        clock.advance(1.0)  # 1's only attempt ended: dead too, though nobody called q
+        return mqlite.Queue(q.dead_letter, storage=q.storage, clock=clock, max_attempts=None, maxsize=maxsize)
+
+    assert dead_after_a_lease_end().get(block=False).id == 1  # the lowest id first
+    assert dead_after_a_lease_end().purge() == 2
+    assert not dead_after_a_lease_end().join(timeout=0)
+    with pytest.raises(mqlite.Full):
+        dead_after_a_lease_end(maxsize=2).put_nowait("by hand")
+
+
 @pytest.mark.parametrize("leased_first", [True, False])
 def test_a_blocked_dead_letter_getter_wakes_when_a_last_lease_ends(leased_first: bool) -> None:
     """A monitor blocked on the dead-letter queue (``for msg in dead:``) must receive a message
