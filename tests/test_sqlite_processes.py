@@ -220,6 +220,18 @@ def test_sigkill_at_random_moments_loses_no_put_and_undoes_no_ack(tmp_path, thre
 # -- fork --------------------------------------------------------------------------------------
 
 
+def _run_fresh(script: str, path: Any) -> None:
+    """Run ``script`` in a fresh interpreter with ``path`` as its argument; it must print "ok".
+    Forking from there, with no other thread alive (forking pytest itself, whose other tests
+    leave threads behind, could leave the child a lock held by one of them)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
 FORKING = textwrap.dedent(
     """
     import os, sys, time
@@ -253,14 +265,9 @@ FORKING = textwrap.dedent(
 
 
 def test_a_forked_child_reopens_instead_of_sharing_the_parents_connection(tmp_path):
-    """Forked from a fresh interpreter with no other thread alive (forking pytest itself, whose
-    other tests leave threads behind, could leave the child a lock held by one of them)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", FORKING, str(tmp_path / "fork.db")], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok\n"
+    """A storage object made before a fork works in the child (on a connection of its own) and
+    in the parent, each seeing what the other committed."""
+    _run_fresh(FORKING, tmp_path / "fork.db")
 
 
 FORK_THEN_PARENT_CLOSES = textwrap.dedent(
@@ -303,16 +310,7 @@ def test_a_child_forked_while_the_parent_had_the_file_open_keeps_every_put(tmp_p
     while the parent had a connection open inherited them without the locks themselves, so
     its own new connection took no lock, the parent closing last deleted the WAL the child
     wrote to, and the child's puts (which had returned) were lost."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_THEN_PARENT_CLOSES, str(tmp_path / "fork.db")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok\n"
+    _run_fresh(FORK_THEN_PARENT_CLOSES, tmp_path / "fork.db")
 
 
 FORK_MID_TRANSACTION = textwrap.dedent(
@@ -384,16 +382,7 @@ def test_a_fork_waits_for_the_transaction_under_way_and_the_child_works(tmp_path
     """A fork while another thread is inside a write transaction: the child must neither hang
     on a lock inherited as held nor wait for a lock the parent no longer holds; its async calls
     (the parent's I/O threads do not exist there) and lease keeper must work."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_MID_TRANSACTION, str(tmp_path / "fork.db")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok\n"
+    _run_fresh(FORK_MID_TRANSACTION, tmp_path / "fork.db")
 
 
 # -- a blocked get wakes when another process puts ---------------------------------------------
