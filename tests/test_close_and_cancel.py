@@ -15,6 +15,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from _doubles import (
@@ -712,17 +713,9 @@ def test_a_get_racing_with_close_gives_its_message_back(monkeypatch):
             super().__init__(*args)
 
     monkeypatch.setattr(mqlite._consumer, "Message", SlowMessage)
-    getter = start_thread(q.get_nowait)
-    assert building.wait(TIMEOUT)
-    q.close()
-    closed.set()
-    with pytest.raises(mqlite.QueueClosed):
-        getter.finish()
+    _close_amid(q, q.get_nowait, building, closed)
     monkeypatch.undo()
-    again: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
-    assert again.stats().in_flight == 0
-    [message] = again.peek()
-    assert (message.body, message.attempts) == ("only", 0)
+    _assert_given_back(storage)
 
 
 def test_a_settle_racing_with_close_releases_the_message(monkeypatch):
@@ -743,17 +736,30 @@ def test_a_settle_racing_with_close_releases_the_message(monkeypatch):
         real_settle(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(mqlite.Consumer, "_settle", slow_settle)
-    nacker = start_thread(message.nack)
-    assert claimed.wait(TIMEOUT)
+    _close_amid(q, message.nack, claimed, closed)
+    monkeypatch.undo()
+    _assert_given_back(storage)
+
+
+def _close_amid(
+    q: mqlite.Queue[str], call: Callable[[], object], entered: threading.Event, closed: threading.Event
+) -> None:
+    """Run ``call`` in a thread, close ``q`` once it is inside (``entered``), then let it go on
+    (``closed``): it must raise QueueClosed."""
+    worker = start_thread(call)
+    assert entered.wait(TIMEOUT)
     q.close()
     closed.set()
     with pytest.raises(mqlite.QueueClosed):
-        nacker.finish()
-    monkeypatch.undo()
+        worker.finish()
+
+
+def _assert_given_back(storage: mqlite.MemoryStorage) -> None:
+    """The queue's only message is ready again, nothing in flight, no attempt counted."""
     again: mqlite.Queue[str] = mqlite.Queue("racing", storage=storage)
     assert again.stats().in_flight == 0
-    [back] = again.peek()
-    assert (back.body, back.attempts) == ("only", 0)
+    [message] = again.peek()
+    assert (message.body, message.attempts) == ("only", 0)
 
 
 @pytest.mark.parametrize("round_number", range(10))
