@@ -227,15 +227,17 @@ class Consumer(Generic[T]):
         """Lease ``n`` messages, sleeping until one is eligible, the deadline, or close."""
         channel = self._queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        duty = False
+        duty = relay = False
         while True:
             try:
                 taken, waiter, remaining = self._attempt(n, block, deadline, timeout, ThreadWaiter)
             except BaseException:
-                if duty:
-                    channel.notify(channel.getters, 1)  # hand on what this caller will not do
+                if duty or relay:
+                    channel.notify(channel.getters, 1, relay)  # hand on what this caller will not do
                 raise
             if taken:
+                if relay:  # woken for another process's change, and it brought messages: maybe more
+                    channel.notify(channel.getters, 1, True)
                 return taken
             if waiter is None:
                 continue
@@ -245,6 +247,7 @@ class Consumer(Generic[T]):
                 channel.withdraw(channel.getters, waiter, pass_on=True)
                 raise
             duty = channel.withdraw(channel.getters, waiter, pass_on=False) or waiter.wake_at != NEVER
+            relay = waiter.relay
 
     def _attempt(
         self,
@@ -293,7 +296,7 @@ class Consumer(Generic[T]):
         queue = self._queue
         channel = queue._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        duty = False
+        duty = relay = False
         while True:
             try:
                 if queue._storage.blocking_io:
@@ -301,16 +304,19 @@ class Consumer(Generic[T]):
                 else:
                     taken, waiter, remaining = self._attempt(n, True, deadline, timeout, AsyncWaiter)
             except BaseException:
-                if duty:
-                    channel.notify(channel.getters, 1)  # hand on what this caller will not do
+                if duty or relay:
+                    channel.notify(channel.getters, 1, relay)  # hand on what this caller will not do
                 raise
             if taken:
+                if relay:  # woken for another process's change, and it brought messages: maybe more
+                    channel.notify(channel.getters, 1, True)
                 return taken
             if waiter is None:
                 continue
             self._yielded = time.monotonic()
             await _sleep_on(waiter, remaining, channel, channel.getters)
             duty = channel.withdraw(channel.getters, waiter, pass_on=False) or waiter.wake_at != NEVER
+            relay = waiter.relay
 
     async def _attempt_off_loop(
         self, n: int, deadline: float | None, timeout: float | None

@@ -384,7 +384,7 @@ class Queue(Generic[T]):
     def _put_sync(self, envelopes: list[Envelope], block: bool, timeout: float | None) -> list[int]:
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = False
+        woken = relay = False
         while True:
             try:
                 self._check_open()
@@ -395,6 +395,8 @@ class Queue(Generic[T]):
                 ids = self._storage.put(self._name, envelopes, now, self._maxsize)
                 if ids is not None:
                     self._announce(envelopes, now)
+                    if relay:  # another process made room, maybe for more: pass the wake-up on
+                        channel.notify(channel.putters, 1, True)
                     return ids
                 if woken:
                     channel.pass_room(len(envelopes))
@@ -402,7 +404,7 @@ class Queue(Generic[T]):
                 remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
-                    channel.notify(channel.putters, 1)  # this caller cannot use its wake-up
+                    channel.notify(channel.putters, 1, relay)  # this caller cannot use its wake-up
                 raise
             waiter = ThreadWaiter(self, len(envelopes))
             with channel.mutex:
@@ -415,11 +417,12 @@ class Queue(Generic[T]):
                 channel.withdraw(channel.putters, waiter, pass_on=True)
                 raise
             woken = channel.withdraw(channel.putters, waiter, pass_on=False)
+            relay = waiter.relay
 
     async def _put_async(self, envelopes: list[Envelope], timeout: float | None) -> list[int]:
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
-        woken = False
+        woken = relay = False
         while True:
             try:
                 self._check_open()
@@ -432,6 +435,8 @@ class Queue(Generic[T]):
                 )
                 if ids is not None:
                     self._announce(envelopes, now)
+                    if relay:  # another process made room, maybe for more: pass the wake-up on
+                        channel.notify(channel.putters, 1, True)
                     return ids
                 if woken:
                     channel.pass_room(len(envelopes))
@@ -439,7 +444,7 @@ class Queue(Generic[T]):
                 remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
-                    channel.notify(channel.putters, 1)
+                    channel.notify(channel.putters, 1, relay)
                 raise
             waiter = AsyncWaiter(self, len(envelopes))
             with channel.mutex:
@@ -448,11 +453,11 @@ class Queue(Generic[T]):
                 channel.enlist(channel.putters, waiter)
             await _sleep_on(waiter, remaining, channel, channel.putters)
             woken = channel.withdraw(channel.putters, waiter, pass_on=False)
+            relay = waiter.relay
 
     def _until(self, wake_at: float | None, remaining: float | None) -> float | None:
         """``remaining``, shortened to end at ``wake_at`` (the storage's next wake-up, on the
-        queue's clock): a storage shared with other processes asks waiters to re-check by then,
-        since their changes wake nobody here."""
+        queue's clock: a delay or a lease ends then, which may make room)."""
         if wake_at is None:
             return remaining
         until = max(wake_at - self._clock(), 0.0)

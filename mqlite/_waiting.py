@@ -19,6 +19,8 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ class Waiter(Protocol):
 
     owner: object
     notified: bool
+    relay: bool  # woken for a change another process made: pass the wake-up on after acting on it
     wake_at: float
     need: int
 
@@ -43,13 +46,14 @@ class Waiter(Protocol):
 class ThreadWaiter:
     """A thread sleeping on a lock that only ``wake`` releases."""
 
-    __slots__ = ("_gate", "need", "notified", "owner", "wake_at")
+    __slots__ = ("_gate", "need", "notified", "owner", "relay", "wake_at")
 
     def __init__(self, owner: object, need: int = 1) -> None:
         self._gate = threading.Lock()
         self._gate.acquire()
         self.owner = owner
         self.notified = False
+        self.relay = False
         self.wake_at = NEVER
         self.need = need
 
@@ -73,13 +77,14 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class AsyncWaiter:
     """A coroutine awaiting a future of its running loop; woken from any thread."""
 
-    __slots__ = ("future", "loop", "need", "notified", "owner", "wake_at")
+    __slots__ = ("future", "loop", "need", "notified", "owner", "relay", "wake_at")
 
     def __init__(self, owner: object, need: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[None] = self.loop.create_future()
         self.owner = owner
         self.notified = False
+        self.relay = False
         self.wake_at = NEVER
         self.need = need
 
@@ -103,11 +108,16 @@ class Channel:
     for the queue to be settled. A getter also sleeps no later than its ``wake_at``: the next
     time at which time alone changes the queue (a delay or a lease ending, here or, for a
     dead-letter queue, in one of its ``feeders``).
+
+    ``kick`` (from :meth:`Storage.watch`, for storages that other processes change) is called
+    whenever a caller starts waiting, so that the storage looks out for other processes'
+    changes; it answers with :meth:`external`.
     """
 
-    __slots__ = ("__weakref__", "epoch", "feeders", "getters", "joiners", "mutex", "putters", "timer_at")
+    __slots__ = ("__weakref__", "epoch", "feeders", "getters", "joiners", "kick", "mutex", "putters", "timer_at")
 
-    def __init__(self) -> None:
+    def __init__(self, kick: Callable[[], None] | None = None) -> None:
+        self.kick = kick
         self.mutex = threading.Lock()
         self.epoch = 0
         self.getters: deque[Waiter] = deque()
@@ -123,11 +133,13 @@ class Channel:
         waiters.append(waiter)
         if waiters is self.getters and waiter.wake_at < self.timer_at:
             self.timer_at = waiter.wake_at
+        if self.kick is not None:
+            self.kick()
 
     def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> bool:
         """Take back a waiter that stops waiting; return whether it had been notified. If it
         had and ``pass_on`` (it leaves without acting on the wake-up: cancelled, failed), wake
-        another in its place."""
+        another in its place (to relay it too, if it was a relay)."""
         with self.mutex:
             notified = waiter.notified
             if not notified:
@@ -135,7 +147,7 @@ class Channel:
                 if waiters is self.getters and waiter.wake_at <= self.timer_at:
                     self._retime()
         if notified and pass_on:
-            self.notify(waiters, 1)
+            self.notify(waiters, 1, waiter.relay)
         return notified
 
     def pass_room(self, need: int) -> None:
@@ -165,14 +177,41 @@ class Channel:
         if waiters is self.getters and chosen:
             self._retime()
 
-    def notify(self, waiters: deque[Waiter], k: int) -> None:
-        """Bump the epoch and wake up to ``k`` of ``waiters``."""
+    def notify(self, waiters: deque[Waiter], k: int, relay: bool = False) -> None:
+        """Bump the epoch and wake up to ``k`` of ``waiters``; with ``relay``, each is to pass
+        its wake-up on once it acted on it (see :meth:`external`)."""
         chosen: list[Waiter] = []
         with self.mutex:
             self.epoch += 1
             if waiters:
                 self._pop(waiters, k, chosen)
-        self._wake(waiters, chosen)
+                for waiter in chosen:
+                    waiter.relay = relay
+        self._wake(waiters, chosen, relay)
+
+    def external(self) -> None:
+        """Another process changed the storage, in ways nobody here was told of: bump the
+        epoch (a caller between its check and its sleep checks again) and wake every joiner,
+        the first getter and the first putter. Those two relay: one that got a message (or
+        made its put) wakes the next in line, which does the same, so a burst from elsewhere
+        is taken by as many waiters as it has messages, and the chain stops at the first one
+        that finds nothing, instead of every waiter looking at every change."""
+        relays: list[tuple[deque[Waiter], list[Waiter]]] = []
+        joiners: list[Waiter] = []
+        with self.mutex:
+            self.epoch += 1
+            for waiters in (self.getters, self.putters):
+                if waiters:
+                    first: list[Waiter] = []
+                    self._pop(waiters, 1, first)
+                    first[0].relay = True
+                    relays.append((waiters, first))
+            if self.joiners:
+                self._pop(self.joiners, len(self.joiners), joiners)
+        for waiters, first in relays:
+            self._wake(waiters, first, True)
+        for waiter in joiners:
+            waiter.wake()
 
     def changed(self, ready: int, wake_at: float = NEVER, room: int = 0, settled: bool = False) -> None:
         """Report a change: ``ready`` messages became eligible, the queue's next timed change
@@ -223,10 +262,10 @@ class Channel:
             waiter.notified = True
         chosen.extend(late)
 
-    def _wake(self, waiters: deque[Waiter], chosen: list[Waiter]) -> None:
+    def _wake(self, waiters: deque[Waiter], chosen: list[Waiter], relay: bool = False) -> None:
         failed = sum(1 for waiter in chosen if not waiter.wake())
         if failed:
-            self.notify(waiters, failed)
+            self.notify(waiters, failed, relay)
 
     def close_owner(self, owner: object) -> None:
         """Wake every waiter belonging to ``owner`` (a closing queue); they raise QueueClosed."""
@@ -247,6 +286,7 @@ class Channel:
 
 
 _channels: weakref.WeakKeyDictionary[Storage, dict[str, Channel]] = weakref.WeakKeyDictionary()
+_kicks: weakref.WeakKeyDictionary[Storage, Callable[[], None] | None] = weakref.WeakKeyDictionary()
 _channels_lock = threading.Lock()
 
 
@@ -274,7 +314,20 @@ def channel_for(storage: Storage, name: str) -> Channel:
         by_name = _channels.get(storage)
         if by_name is None:
             by_name = _channels[storage] = {}
+            _kicks[storage] = storage.watch(partial(_external, by_name), partial(_anyone_waits, by_name))
         channel = by_name.get(name)
         if channel is None:
-            channel = by_name[name] = Channel()
+            channel = by_name[name] = Channel(_kicks.get(storage))
         return channel
+
+
+def _external(by_name: dict[str, Channel]) -> None:
+    """Another process changed the storage: every channel of it looks again (see ``external``)."""
+    for channel in list(by_name.values()):
+        channel.external()
+
+
+def _anyone_waits(by_name: dict[str, Channel]) -> bool:
+    """Whether a caller of this process waits on a queue of the storage (read without locks:
+    a caller that starts waiting calls the storage's kick after it enlisted)."""
+    return any(channel.getters or channel.putters or channel.joiners for channel in list(by_name.values()))

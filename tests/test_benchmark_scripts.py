@@ -21,6 +21,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "cpu_per_message.py": (["W1", "--n", "500", "--repeat", "1"], "W1"),
     "file_bench.py": (["--quick", "--repeat", "1"], "W7f"),
     "file_churn.py": (["3000", "300", "1", "100"], "bound held between calls: yes; including those moments: yes"),
+    "idle_waiters.py": (["--waiters", "2", "--seconds", "0.05", "--repeat", "1"], "| SQLite | 2 |"),
     "group_commit_floor.py": (["--n", "64", "--repeat", "1", "--threads", "4"], "| mqlite FileStorage full |"),
     "leased_floor.py": (["--n", "2000", "--repeat", "1"], "BareLeasedQueue put / get + ack"),
     "profile_mqlite.py": (["W1", "--n", "500", "--top", "3"], "W1"),

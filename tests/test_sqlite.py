@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from _doubles import TIMEOUT, wait_until
+from _doubles import TIMEOUT, async_wait_until, wait_until
 from hypothesis import settings
 
 import mqlite
@@ -269,28 +269,123 @@ def test_specs_live_in_the_database(tmp_path):
     second.close()
 
 
-# -- wake-ups across processes: next_wakeup polls for blocked callers ------------------------------
+# -- wake-ups across processes: one watcher looks for every blocked caller ---------------------
 
 
-def test_next_wakeup_polls_with_a_backoff_restarted_by_a_lease_that_finds_messages(tmp_path):
-    """Only blocked callers (get, join, put waiting for room) ask for the next wake-up, and what
-    they wait for may be done by another process: every answer is a poll time at most
-    poll_interval ahead, or the queue's own deadline when that comes first."""
+def test_next_wakeup_names_only_delays_and_lease_ends(tmp_path):
+    """Blocked callers sleep until a delay or a lease ends; what other processes do reaches them
+    through the watcher, not through a poll time in every answer."""
     storage = SQLiteStorage(tmp_path / "q.db", poll_interval=0.05)
     assert storage.lease("q", 1, T0, 10.0) == []
-    polls = [storage.next_wakeup("q", T0) for _ in range(9)]
-    assert [round(t - T0, 6) for t in polls] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.05]
+    assert storage.next_wakeup("q", T0) is None
     storage.put("q", [Envelope(b"x", delay=0.01)], T0)
-    assert storage.next_wakeup("q", T0) == T0 + 0.01  # a known deadline before the next poll
+    assert storage.next_wakeup("q", T0) == T0 + 0.01
     [m] = storage.lease("q", 1, T0 + 0.01, 10.0)
-    assert round(storage.next_wakeup("q", T0 + 0.01) - T0, 6) == 0.011  # backoff restarted
-    assert round(storage.next_wakeup("q", T0 + 0.01) - T0, 6) == 0.012
+    assert storage.next_wakeup("q", T0 + 0.01) == T0 + 10.01
     storage.ack("q", [(m.id, m.token)], T0 + 0.02)
+    assert storage.next_wakeup("q", T0 + 0.02) is None
     storage.close()
-    unpolled = SQLiteStorage(tmp_path / "q.db", poll_interval=None)
-    assert unpolled.lease("q", 1, T0, 10.0) == []
-    assert unpolled.next_wakeup("q", T0) is None  # one process only: nothing to look for
-    unpolled.close()
+
+
+def _watchers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "mqlite-watcher"]
+
+
+def test_blocked_getters_sleep_without_timers_one_watcher_looks_and_a_burst_is_relayed(tmp_path):
+    """Twenty threads blocked in get sleep with no timer of their own; one thread looks for
+    other connections' commits for all of them; five messages put through another connection
+    reach five getters (the first woken relays to the next), the other fifteen sleep on."""
+    path = tmp_path / "q.db"
+    with SQLiteStorage(path, durability="normal") as storage, SQLiteStorage(path, durability="normal") as other:
+        q: mqlite.Queue[str] = mqlite.Queue("jobs", storage)
+        got: list[str] = []
+        closed: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                msg = q.get(timeout=TIMEOUT * 3)
+            except mqlite.QueueClosed as error:
+                closed.append(error)
+                return
+            got.append(msg.body)
+            msg.ack()
+
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        channel = q._channel
+        wait_until(lambda: len(channel.getters) == 20, what="twenty getters asleep")
+        assert {waiter.wake_at for waiter in channel.getters} == {float("inf")}
+        wait_until(lambda: len(_watchers()) == 1, what="the watcher")
+        elsewhere: mqlite.Queue[str] = mqlite.Queue("jobs", other)
+        elsewhere.put_many([f"m{i}" for i in range(5)])
+        wait_until(lambda: len(got) == 5, what="five getters served")
+        wait_until(lambda: len(channel.getters) == 15, what="fifteen getters asleep again")
+        assert sorted(got) == [f"m{i}" for i in range(5)]
+        q.close()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert len(closed) == 15
+        elsewhere.close()
+
+
+def test_blocked_coroutines_are_woken_by_another_connections_puts(tmp_path):
+    path = tmp_path / "q.db"
+    with SQLiteStorage(path, durability="normal") as storage, SQLiteStorage(path, durability="normal") as other:
+        q: mqlite.Queue[str] = mqlite.Queue("jobs", storage)
+        elsewhere: mqlite.Queue[str] = mqlite.Queue("jobs", other)
+
+        async def main() -> list[str]:
+            async def worker() -> str:
+                msg = await q.aget(timeout=TIMEOUT * 3)
+                await msg.aack()
+                return msg.body
+
+            tasks = [asyncio.create_task(worker()) for _ in range(8)]
+            await async_wait_until(lambda: len(q._channel.getters) == 8, what="eight coroutines asleep")
+            await asyncio.to_thread(elsewhere.put_many, [f"m{i}" for i in range(8)])
+            return await asyncio.gather(*tasks)
+
+        assert sorted(asyncio.run(main())) == [f"m{i}" for i in range(8)]
+        q.close()
+        elsewhere.close()
+
+
+def test_the_watcher_looks_only_while_someone_waits_and_sees_every_change(tmp_path):
+    """The watcher's rules, on a fake version counter: the first look of a thread counts as a
+    change; a look that finds the same version wakes nobody; a change is seen even when it
+    happened while nobody waited; the thread ends once nobody waited for ``idle_exit``, and a
+    kick starts a new one."""
+    from mqlite.storage._watcher import Watcher
+
+    class Owner:
+        version = 0
+        looks = 0
+
+        def read(self) -> int:
+            self.looks += 1
+            return self.version
+
+    owner = Owner()
+    waiting = threading.Event()
+    changes: list[int] = []
+    watcher = Watcher(owner, "read", 0.002, [(lambda: changes.append(owner.version), waiting.is_set)], idle_exit=0.05)
+    waiting.set()
+    watcher.kick()
+    wait_until(lambda: changes == [0], what="the first look, counted as a change")
+    looks = owner.looks
+    wait_until(lambda: owner.looks > looks + 3, what="more looks")
+    assert changes == [0]  # the same version: nobody woken
+    owner.version = 1
+    wait_until(lambda: changes == [0, 1], what="the change seen")
+    waiting.clear()
+    wait_until(lambda: not watcher._running, what="the thread to end while nobody waits")
+    owner.version = 2  # while nobody waited and no thread ran
+    waiting.set()
+    watcher.kick()
+    wait_until(lambda: changes == [0, 1, 2], what="the change made in the pause")
+    watcher.stop()
+    wait_until(lambda: not watcher._running, what="the thread to end at stop")
 
 
 # -- group commit ------------------------------------------------------------------------------

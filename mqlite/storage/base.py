@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Self
 
@@ -226,6 +226,19 @@ class Storage(abc.ABC):
     def next_wakeup(self, queue: str, now: float) -> float | None:
         """The earliest time after ``now`` at which time alone changes the queue (a delay or
         a lease ends), or None. Blocked callers sleep until then."""
+
+    def watch(self, changed: Callable[[], None], waiting: Callable[[], bool]) -> Callable[[], None] | None:
+        """Subscribe to changes that other processes make (the front calls this once per
+        storage and process); return a function to call whenever a caller starts waiting, or
+        None if nothing but this process's own calls changes the storage (the default).
+
+        A storage shared by processes must, while ``waiting()`` is true, follow every change
+        made elsewhere by a call of ``changed()`` (from any thread, holding no lock of its
+        own); without that, a caller blocked here would not wake for a message put elsewhere.
+        Looking periodically, that means comparing each look with the one before, and counting
+        the first look after a pause (nobody waited) as a change.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - closing is optional for storages holding nothing
         """Release what the storage holds (connections, files, locks). Idempotent."""

@@ -29,6 +29,7 @@ import math
 import operator
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
 from typing import ClassVar, Final, final
@@ -55,6 +56,7 @@ from ._sqlite_schema import (
     insert_plain,
     loads_headers,
 )
+from ._watcher import Watcher
 from .base import (
     DEATH_ATTEMPTS,
     DEATH_DETAIL,
@@ -93,11 +95,12 @@ class SQLiteStorage(Combiner, Storage):
     OS crash or power cut. Concurrent calls from threads of one process share transactions and
     fsyncs (group commit).
 
-    ``poll_interval``: a blocked get, join or put (waiting for room) in this process learns
-    what other processes did (put, ack, took a message) by re-checking with a backoff from
-    1 ms up to this many seconds (the worst-case extra latency); each check costs one
-    ``PRAGMA data_version`` while nothing changed. None turns cross-process wake-ups off (one
-    process only). ``busy_timeout``: how long a call waits for
+    ``poll_interval``: while a get, join or put (waiting for room) of this process is blocked,
+    one thread per storage looks for what other processes did (put, ack, took a message) with
+    a backoff from 1 ms up to this many seconds (the worst-case extra latency), however many
+    callers wait, and wakes them when something changed; each look costs one
+    ``PRAGMA data_version``. None turns cross-process wake-ups off (one process only).
+    ``busy_timeout``: how long a call waits for
     another process's write transaction before raising :class:`StorageLocked`.
     """
 
@@ -130,6 +133,8 @@ class SQLiteStorage(Combiner, Storage):
         self.busy_timeout = float(busy_timeout)
         self._full = durability == "full"
         self._closed = False
+        self._opened = 0  # connections opened so far
+        self._subscribers: list[tuple[Callable[[], None], Callable[[], bool]]] = []
         self._init_process_state()
         self._connection()  # open now, so a bad file fails here and names its path
         track(self)
@@ -143,8 +148,12 @@ class SQLiteStorage(Combiner, Storage):
         self._sync: str | None = None
         self._writes = 0  # bumped by every change this process makes; caches record it
         self._cached_at = -1  # the write count when a cache entry was last stored
-        self._waiting: dict[int, int] = {}  # qid -> polls since a lease here last found messages (the backoff step)
         self._qids: dict[str, int] = {}
+        self._watcher = (
+            None
+            if self.poll_interval is None
+            else Watcher(self, "_data_version", self.poll_interval, self._subscribers)
+        )
         self._forget()
 
     def _forget(self) -> None:
@@ -222,6 +231,7 @@ class SQLiteStorage(Combiner, Storage):
         except BaseException:
             conn.close()
             raise
+        self._opened += 1
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -500,10 +510,8 @@ class SQLiteStorage(Combiner, Storage):
         if not rows:
             self._empty[qid] = (self._writes, self._bound.get(qid, -math.inf))
             self._cached_at = self._writes
-            self._waiting.setdefault(qid, 0)
             return []
         self._writes += 1
-        self._waiting.pop(qid, None)
         self._lower_bound(qid, expires_at)
         if len(rows) > 1:  # RETURNING gives no order
             rows.sort(key=lambda row: (-row[5], row[0]))
@@ -518,7 +526,6 @@ class SQLiteStorage(Combiner, Storage):
             return MISS
         empty = self._empty.get(qid)
         if empty is not None and empty[0] == self._writes and now < empty[1]:
-            self._waiting.setdefault(qid, 0)
             return []
         return MISS
 
@@ -701,10 +708,10 @@ class SQLiteStorage(Combiner, Storage):
     def _do_next_wakeup(self, conn: sqlite3.Connection, queue: str, now: float) -> float | None:
         qid = self._qid(conn, queue)
         self._advance(conn, qid, now)
-        deadline = conn.execute(NEXT_DEADLINE, {"qid": qid}).fetchone()[0]
+        deadline: float | None = conn.execute(NEXT_DEADLINE, {"qid": qid}).fetchone()[0]
         self._wake[qid] = (self._writes, deadline)
         self._cached_at = self._writes
-        return self._polled(qid, now, deadline)
+        return deadline
 
     def _fast_next_wakeup(self, queue: str, now: float) -> object:
         qid = self._qids.get(queue)
@@ -713,25 +720,43 @@ class SQLiteStorage(Combiner, Storage):
         wake = self._wake.get(qid)
         if wake is None or wake[0] != self._writes or (wake[1] is not None and now >= wake[1]):
             return MISS
-        return self._polled(qid, now, wake[1])
+        return wake[1]
 
-    def _polled(self, qid: int, now: float, deadline: float | None) -> float | None:
-        """``deadline``, or sooner: the cross-process poll. Only blocked callers ask for the
-        next wake-up (a get that found nothing, a join, a put waiting for room under maxsize),
-        and what they wait for may be done by another process, which wakes nobody here; so
-        they re-check after a backoff from 1 ms to ``poll_interval``, restarted when a lease
-        here finds messages."""
-        if self.poll_interval is None:
-            return deadline
-        polls = self._waiting.get(qid, 0)
-        self._waiting[qid] = polls + 1
-        poll_at = now + min(self.poll_interval, 0.001 * (2 ** min(polls, 20)))
-        return poll_at if deadline is None or poll_at < deadline else deadline
+    def _do_data_version(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        return self._opened, conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _fast_data_version(self) -> object:
+        return self._do_data_version(self._connection())  # no transaction needed
 
     _fast: ClassVar[dict[str, Callable[..., object]]] = {
         "_do_lease": _fast_lease,
         "_do_next_wakeup": _fast_next_wakeup,
+        "_do_data_version": _fast_data_version,
     }
+
+    # -- wake-ups across processes ------------------------------------------------------------------
+
+    def _data_version(self) -> tuple[int, int]:
+        """What changes whenever another connection commits (the watcher's look): the count of
+        connections this process opened (a new one counts anew) and its ``data_version``."""
+        result: tuple[int, int] = self._submit(self._do_data_version, False)
+        return result
+
+    def watch(self, changed: Callable[[], None], waiting: Callable[[], bool]) -> Callable[[], None] | None:
+        """Other processes change this database: while ``waiting()``, a thread looks for their
+        commits every ``poll_interval`` at most and calls ``changed()`` after one. Returns the
+        function to call when a caller starts waiting; None if ``poll_interval`` is None."""
+        if self.poll_interval is None:
+            return None
+        self._subscribers.append((changed, waiting))
+        this = weakref.ref(self)  # the front keeps the kick for as long as it knows the storage
+
+        def kick() -> None:
+            storage = this()
+            if storage is not None and storage._watcher is not None:
+                storage._watcher.kick()
+
+        return kick
 
     # -- the Storage interface --------------------------------------------------------------------
 
@@ -794,6 +819,8 @@ class SQLiteStorage(Combiner, Storage):
         """Close the connection (after the transaction in progress, if any). Idempotent."""
         with self._mutex:
             self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._pid != os.getpid():
             return
         with self._conn_lock:
