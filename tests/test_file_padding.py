@@ -8,10 +8,11 @@ import errno
 import logging
 import os
 import shutil
+import sys
 
 import pytest
 
-from mqlite import CorruptStorage
+from mqlite import CorruptStorage, StorageError
 from mqlite.storage import Envelope, QueueSpec, _log
 from mqlite.storage.file import FileStorage
 
@@ -204,3 +205,35 @@ def test_a_full_disk_while_preallocating_turns_preallocation_off_and_appends_go_
     storage.close()
     monkeypatch.undo()
     assert _bodies(_open(directory)) == bodies
+
+
+def test_a_failed_sync_of_the_zeros_fails_the_storage_instead_of_a_later_sync_passing_for_it(tmp_path, monkeypatch):
+    """fsyncgate: records another call wrote without waiting for a sync (a lease) are in the
+    file when the preallocation's fdatasync fails; the kernel may have dropped them with that
+    error, and a later fdatasync of the file would succeed without them. So the failure must
+    fail the storage, not only turn preallocation off."""
+    directory = str(tmp_path / "log")
+    storage = _open(directory, segment_size=1 << 20)
+    _put(storage, b"seed")
+    real = os.fdatasync
+    calls = {"pad": 0}
+
+    def failing_in_pad(fd: int) -> None:
+        if sys._getframe(1).f_code.co_name == "_pad":
+            calls["pad"] += 1
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_in_pad)
+    def until_the_next_preallocation() -> None:
+        for _ in range(200):
+            _put(storage, b"x" * 3000)
+
+    with pytest.raises(StorageError, match="Input/output error"):
+        until_the_next_preallocation()
+    assert calls["pad"] == 1
+    with pytest.raises(StorageError, match="open the directory again"):
+        _put(storage, b"after")
+    monkeypatch.undo()
+    storage.close()
+    assert _bodies(_open(directory))[0] == b"seed"

@@ -326,20 +326,23 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         least ``need`` bytes past the next record's offset plus one preallocation step, in
         whole pages, but not past the end of the segment (it rolls there). Records then
         overwrite blocks the file already has, and their ``fdatasync`` has only data to write.
-        Replay takes trailing zeros for the end of the records. A failure (a full disk) only
-        turns preallocation off: the append that needed it goes on and fails by itself if the
-        space really is gone."""
+        Replay takes trailing zeros for the end of the records. Failing to write the zeros (a
+        full disk) only turns preallocation off: the append that needed it goes on and fails by
+        itself if the space really is gone. A failed ``fdatasync`` is another matter: records
+        written before it (unsynced, by calls that did not wait for a sync) may have been
+        dropped with its error, which a later sync of the same file would not report again, so
+        it propagates and the append fails the storage."""
         least = self._seg_bytes + need
         end = min(least + self._prealloc, max(least, self.segment_size))
         end = -(-end // _PAGE) * _PAGE
         try:
             _log.pwrite_all(self._fd, bytes(end - self._zeroed), self._zeroed)
-            os.fdatasync(self._fd)
         except OSError:
             self._prealloc = 0
             os.ftruncate(self._fd, self._seg_bytes)
             self._zeroed = self._seg_bytes
             return
+        os.fdatasync(self._fd)
         self._zeroed = end
 
     def _unpad(self) -> None:
