@@ -655,16 +655,25 @@ def test_a_failed_wal_fsync_fails_the_call_and_every_later_durable_one(tmp_path,
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
+    """The call whose own sync failed may or may not have its change (it committed first);
+    every later call is refused before it runs, so one that raises has changed nothing: a put
+    that raised stores nothing (a retry would duplicate it), an ack that raised deletes nothing."""
     storage = SQLiteStorage(tmp_path / "q.db")
+    storage.put("q", [Envelope(b"job")], T0)
+    [job] = storage.lease("q", 1, T0, 30.0)
     monkeypatch.setattr(_sqlite_combiner, "_fdatasync", broken)
     with pytest.raises(mqlite.StorageError, match="committed, but the WAL could not be synced"):
         storage.put("q", [Envelope(b"x")], T0)
     monkeypatch.undo()
     with pytest.raises(mqlite.StorageError, match="an earlier fsync of the WAL failed"):
         storage.put("q", [Envelope(b"y")], T0)
-    assert len(storage.lease("q", 5, T0, 30.0)) == 2  # both committed; leases need no sync
+    with pytest.raises(mqlite.StorageError, match="an earlier fsync of the WAL failed"):
+        storage.ack("q", [(job.id, job.token)], T0)
+    with pytest.raises(mqlite.StorageError, match="open the file again"):
+        storage.lease("q", 5, T0, 30.0)
     storage.close()
     reopened = SQLiteStorage(tmp_path / "q.db")
+    assert [m.body for m in reopened.peek("q", 5, T0)] == [b"job", b"x"]
     reopened.put("q", [Envelope(b"z")], T0)
     reopened.close()
 

@@ -193,11 +193,8 @@ class Combiner(abc.ABC):
         (which syncs the WAL before and the database after copying) or a WAL reset (only after
         a complete checkpoint) never leaves a committed frame on neither synced file."""
         with self._sync_lock:
-            if self._sync_failed is not None:
-                raise StorageError(
-                    f"SQLite database {self.path!r}: an earlier fsync of the WAL failed ({self._sync_failed}); "
-                    "committed changes may not be on stable storage, reopen the storage"
-                )
+            if self._sync_failed is not None:  # it failed while this call's commit waited for it
+                raise self._sync_failure()
             if self._synced >= number:
                 return
             target = self._committed  # every transaction numbered up to here has committed
@@ -226,6 +223,15 @@ class Combiner(abc.ABC):
                 with contextlib.suppress(OSError):
                     os.close(self._wal_fd)
                 self._wal_fd = None
+
+    def _sync_failure(self) -> StorageError:
+        """The error of every call after a failed fsync of the WAL. After one, the kernel may
+        have dropped pages of commits it covered and will not report that again, so no later
+        sync can vouch for them: the storage refuses every call until it is opened again."""
+        return StorageError(
+            f"SQLite database {self.path!r}: an earlier fsync of the WAL failed ({self._sync_failed}); "
+            "committed changes may not be on stable storage: close this storage and open the file again"
+        )
 
     def _lead(self) -> None:
         """Run every call waiting now in one transaction, then hand the lead to the first call
@@ -260,6 +266,10 @@ class Combiner(abc.ABC):
         if self._closed:
             for op in batch:
                 op.error = StorageError(f"{self!r} is closed")
+            return
+        if self._sync_failed is not None:  # refused before it runs: a call that raises changed nothing
+            for op in batch:
+                op.error = self._sync_failure()
             return
         fast = self._fast
         try:
