@@ -20,9 +20,12 @@ log = logging.getLogger("mqlite")
 class LeaseKeeper:
     """Renews each watched consumer's held leases every ``lease / 3`` seconds.
 
-    One thread serves every consumer of the process; it sleeps on a condition until the next
-    renewal is due, so it costs nothing while no consumer uses ``auto_extend``. A consumer
-    stops being watched when it holds nothing, closes, or is garbage-collected.
+    There is one keeper per storage, each with its own thread, so a storage that stalls (an
+    SQLite file another process keeps locked) delays only the renewals of its own consumers,
+    never those of the process's other storages. The thread sleeps on a condition until the
+    next renewal is due and ends once nothing is due, so it costs nothing while no consumer of
+    the storage uses ``auto_extend``. A consumer stops being watched when it holds nothing,
+    closes, or is garbage-collected.
     """
 
     def __init__(self) -> None:
@@ -46,49 +49,64 @@ class LeaseKeeper:
             self._condition.notify()
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    timeout = self._due[0][0] - time.monotonic() if self._due else None
-                    self._condition.wait(timeout)
-                _, _, ref = heapq.heappop(self._due)
-            consumer = ref()
-            if consumer is None:
-                continue
-            try:
-                again = consumer._renew()
-            except Exception:
-                log.exception("mqlite: renewing the leases of %r failed", consumer)
-                again = True
-            with self._condition:
-                # Held again since _renew looked (a get that called watch() meanwhile found the
-                # consumer still watched and scheduled nothing): keep renewing.
-                if again or (consumer._held and not consumer._closed):
-                    due = time.monotonic() + consumer.lease / 3
-                    heapq.heappush(self._due, (due, next(self._sequence), ref))
-                else:
-                    self._watched.discard(consumer)
+        try:
+            while self._turn():
+                pass
+        finally:
+            with self._condition:  # also after an unexpected error: the next watch() starts anew
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _turn(self) -> bool:
+        """Wait for the next renewal due and run it; False once nothing is due (the thread ends)."""
+        with self._condition:
+            while True:
+                if not self._due:
+                    self._thread = None
+                    return False
+                wait = self._due[0][0] - time.monotonic()
+                if wait <= 0.0:
+                    break
+                self._condition.wait(min(wait, threading.TIMEOUT_MAX))  # a lease may be centuries long
+            _, _, ref = heapq.heappop(self._due)
+        consumer = ref()
+        if consumer is None:
+            return True
+        try:
+            again = consumer._renew()
+        except Exception:
+            log.exception("mqlite: renewing the leases of %r failed", consumer)
+            again = True
+        with self._condition:
+            # Held again since _renew looked (a get that called watch() meanwhile found the
+            # consumer still watched and scheduled nothing): keep renewing.
+            if again or (consumer._held and not consumer._closed):
+                due = time.monotonic() + consumer.lease / 3
+                heapq.heappush(self._due, (due, next(self._sequence), ref))
+            else:
+                self._watched.discard(consumer)
+        return True
 
 
-_keeper: LeaseKeeper | None = None
-_keeper_lock = threading.Lock()
+_keepers: weakref.WeakKeyDictionary[object, LeaseKeeper] = weakref.WeakKeyDictionary()
+_keepers_lock = threading.Lock()
 
 
-def _forget_keeper() -> None:
-    """In a forked child: the parent's keeper thread does not exist here; start a new one."""
-    global _keeper, _keeper_lock
-    _keeper = None
-    _keeper_lock = threading.Lock()
+def _forget_keepers() -> None:
+    """In a forked child: the parent's keeper threads do not exist here; start new ones."""
+    global _keepers, _keepers_lock
+    _keepers = weakref.WeakKeyDictionary()
+    _keepers_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_keeper)
+    os.register_at_fork(after_in_child=_forget_keepers)
 
 
-def keeper() -> LeaseKeeper:
-    """The process's lease keeper, made on first use."""
-    global _keeper
-    with _keeper_lock:
-        if _keeper is None:
-            _keeper = LeaseKeeper()
-        return _keeper
+def keeper(storage: object) -> LeaseKeeper:
+    """The lease keeper of ``storage`` in this process, made on first use."""
+    with _keepers_lock:
+        found = _keepers.get(storage)
+        if found is None:
+            found = _keepers[storage] = LeaseKeeper()
+        return found

@@ -216,7 +216,7 @@ class Queue(Generic[T]):
         return channel
 
     def _keeper(self) -> LeaseKeeper:
-        return keeper()
+        return keeper(self._storage)
 
     def _feed(self, now: float) -> float | None:
         """For a dead-letter queue: apply what time did to the queues that feed it (a lease that

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 import sys
 import threading
 
@@ -454,6 +455,80 @@ def test_auto_extend_keeps_a_message_leased_past_its_lease():
         rival.close()
 
 
+def _count_renewals(monkeypatch: pytest.MonkeyPatch, consumer: mqlite.Consumer[object]) -> list[int]:
+    """Count the keeper's renewals of ``consumer`` (the list's length)."""
+    real_renew = mqlite.Consumer._renew
+    renewals: list[int] = []
+
+    def counting(self: mqlite.Consumer[object]) -> bool:
+        if self is consumer:
+            renewals.append(1)
+        return real_renew(self)
+
+    monkeypatch.setattr(mqlite.Consumer, "_renew", counting)
+    return renewals
+
+
+def test_a_lease_of_centuries_with_auto_extend_leaves_the_keeper_renewing_the_others(monkeypatch):
+    """A lease longer than a thread can sleep (threading.TIMEOUT_MAX) made the keeper's wait
+    raise OverflowError: the thread died and no consumer of the process was renewed again."""
+    clock = FakeClock()
+    with mqlite.Queue("work", clock=clock) as q:
+        q.put_many(["long", "short"])
+        hog = q.consumer(lease=1e11, auto_extend=True)
+        held = hog.get_nowait()
+        worker = q.consumer(lease=0.3, auto_extend=True)
+        renewals = _count_renewals(monkeypatch, worker)
+        message = worker.get_nowait()
+        wait_until(lambda: len(renewals) >= 3, what="three renewals of the short lease")
+        message.ack()
+        held.ack()
+        hog.close()
+        worker.close()
+
+
+def test_a_storage_that_stalls_delays_only_the_renewals_of_its_own_consumers(tmp_path, monkeypatch):
+    """Another connection holds an SQLite file's write lock, so the renewal of a consumer of it
+    waits (up to busy_timeout); the consumers of the process's other storages must still be
+    renewed meanwhile, or their messages would be delivered again while they work on them."""
+    path = str(tmp_path / "a.db")
+    clock = FakeClock()
+    with mqlite.SQLiteStorage(path, busy_timeout=TIMEOUT * 3) as stalled_storage:
+        stalled: mqlite.Queue[str] = mqlite.Queue("a", stalled_storage, clock=clock)
+        other: mqlite.Queue[str] = mqlite.Queue("b", clock=clock)
+        stalled.put("a")
+        other.put("b")
+        on_stalled = stalled.consumer(lease=0.3, auto_extend=True)
+        on_other = other.consumer(lease=0.3, auto_extend=True)
+        held_stalled = on_stalled.get_nowait()
+        locked, stuck = threading.Event(), threading.Event()
+        real_extend = stalled_storage.extend
+
+        def extend(*args: object) -> object:
+            if locked.is_set():
+                stuck.set()
+            return real_extend(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(stalled_storage, "extend", extend)
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # another process writing the file for a while
+        locked.set()
+        try:
+            assert stuck.wait(TIMEOUT), "no renewal of the stalled consumer started"
+            renewals = _count_renewals(monkeypatch, on_other)
+            held_other = on_other.get_nowait()
+            wait_until(lambda: len(renewals) >= 3, what="renewals on the storage that does not stall")
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        held_other.ack()
+        held_stalled.ack()
+        on_stalled.close()
+        on_other.close()
+        stalled.close()
+        other.close()
+
+
 def test_a_message_got_while_the_keeper_finds_the_consumer_empty_is_still_renewed(monkeypatch):
     """The keeper renews, finds nothing held and is about to stop watching the consumer; just
     then the consumer gets a new message, whose watch() sees it still watched and schedules
@@ -476,7 +551,8 @@ def test_a_message_got_while_the_keeper_finds_the_consumer_empty_is_still_renewe
         monkeypatch.setattr(mqlite.Consumer, "_renew", renew_then_race)
         first = consumer.get_nowait()
         wait_until(lambda: bool(raced), what="the keeper's racing renewal")
-        wait_until(lambda: any(ref() is consumer for _, _, ref in keeper()._due), what="the keeper to keep renewing")
+        due = keeper(q.storage)._due
+        wait_until(lambda: any(ref() is consumer for _, _, ref in due), what="the keeper to keep renewing")
         raced[0].ack()
         consumer.close()
 
@@ -504,5 +580,5 @@ def test_auto_extend_stops_after_settle_and_close():
         holder.close()  # releases "b" at once, not counted, and stops renewing
         again = q.get_nowait()
         assert (again.body, again.attempts) == ("b", 1)
-        wait_until(lambda: holder not in keeper()._watched, what="the keeper to drop the closed consumer")
+        wait_until(lambda: holder not in keeper(q.storage)._watched, what="the keeper to drop the closed consumer")
         again.ack()

@@ -361,7 +361,8 @@ FORK_MID_TRANSACTION = textwrap.dedent(
             asyncio.run(child_async())
             with q.consumer(lease=30, auto_extend=True) as consumer:
                 message = consumer.get()
-                assert _keeper.keeper()._thread.is_alive(), "no lease keeper runs in the child"
+                keeper = _keeper.keeper(q.storage)._thread
+                assert keeper is not None and keeper.is_alive(), "no lease keeper runs in the child"
                 message.release()
             code = 0
         finally:
