@@ -58,10 +58,12 @@ class ThreadWaiter:
         self.need = need
 
     def wait(self, timeout: float | None) -> bool:
-        """Sleep until woken or ``timeout`` seconds passed; True if woken."""
+        """Sleep until woken or ``timeout`` seconds passed; True if woken. A timeout longer
+        than a lock can wait (``threading.TIMEOUT_MAX``, about 292 years) wakes early, which
+        callers take as any other timer: they look again and sleep on."""
         if timeout is None:
             return self._gate.acquire()
-        return self._gate.acquire(True, max(timeout, 0.0))
+        return self._gate.acquire(True, min(max(timeout, 0.0), threading.TIMEOUT_MAX))
 
     def wake(self) -> bool:
         """Release the sleeping thread."""
@@ -139,14 +141,18 @@ class Channel:
     def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> bool:
         """Take back a waiter that stops waiting; return whether it had been notified. If it
         had and ``pass_on`` (it leaves without acting on the wake-up: cancelled, failed), wake
-        another in its place (to relay it too, if it was a relay)."""
+        another in its place (to relay it too, if it was a relay). A getter that leaves this way
+        while it slept on the channel's earliest timer wakes another too, to take the timer over:
+        otherwise nobody would wake when that delay or lease ends."""
+        timer = False
         with self.mutex:
             notified = waiter.notified
             if not notified:
                 waiters.remove(waiter)
                 if waiters is self.getters and waiter.wake_at <= self.timer_at:
                     self._retime()
-        if notified and pass_on:
+                    timer = waiter.wake_at < self.timer_at
+        if pass_on and (notified or timer):
             self.notify(waiters, 1, waiter.relay)
         return notified
 

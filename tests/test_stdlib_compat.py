@@ -313,6 +313,32 @@ async def test_bad_async_timeouts_raise_value_error_naming_timeout(q, bad):
     assert q.qsize() == 0
 
 
+CENTURIES = 1e10  # finite seconds, beyond what a lock can wait (threading.TIMEOUT_MAX)
+
+
+@pytest.mark.parametrize(
+    ("call", "kind"),
+    [
+        (lambda q: q.get(timeout=CENTURIES), "getters"),
+        (lambda q: q.get_many(1, timeout=CENTURIES), "getters"),
+        (lambda q: q.join(timeout=CENTURIES), "joiners"),
+        (lambda q: q.put("b", timeout=CENTURIES), "putters"),
+        (lambda q: q.get(), "getters"),  # sleeping until a message delayed for centuries is due
+    ],
+    ids=["get", "get_many", "join", "put", "get until a far delay"],
+)
+def test_timeouts_and_delays_of_centuries_wait_instead_of_overflowing(call, kind):
+    """Delays and timeouts are any finite number of seconds; sleeping that long used to raise
+    OverflowError from the lock at once."""
+    q: mqlite.Queue[str] = mqlite.Queue("far", maxsize=1)
+    q.put("a", delay=CENTURIES)
+    caller = start_thread(call, q)
+    wait_until(lambda: waiting(q, kind) == 1, what="the caller to wait")
+    q.close()
+    with pytest.raises(mqlite.QueueClosed):
+        caller.finish()
+
+
 def test_zero_timeout_is_a_non_blocking_attempt(q):
     with pytest.raises(mqlite.Empty):
         q.get(timeout=0)

@@ -516,6 +516,38 @@ async def test_an_async_getter_that_times_out_hands_its_timer_on():
     q.close()
 
 
+@pytest.mark.parametrize("how", ["cancelled", "its loop ended"])
+def test_a_coroutine_that_leaves_while_holding_the_timer_hands_it_on(storage, how):
+    """A delayed put wakes the first of two waiting coroutines to hold the timer; it sleeps on
+    it again, and is cancelled there (a task.cancel(), an asyncio.timeout(), or its event loop
+    ending). Nobody had woken it, but it held the only timer: leaving, it must hand the timer
+    on, or the other coroutine (in another loop here) sleeps past the due time forever."""
+    q: mqlite.Queue[str] = mqlite.Queue("delays", storage=storage)
+    loop = LoopThread()
+    first = loop.submit(q.aget())
+    wait_until(lambda: waiting(q) == 1, what="the first coroutine to block")
+    second = LoopThread()
+    patient = second.submit(q.aget())
+    wait_until(lambda: waiting(q) == 2, what="both coroutines to block")
+    untimed = {id(w) for w in q._channel.getters}
+    q.put("later", delay=0.3)  # wakes the first to take the timer; it sleeps on it again
+    wait_until(
+        lambda: any(id(w) not in untimed and w.wake_at < float("inf") for w in q._channel.getters),
+        what="the first coroutine asleep on the timer",
+    )
+    if how == "cancelled":
+        first.cancel()
+    else:
+        loop.close()  # cancels what still runs on it
+    try:
+        message = patient.result(TIMEOUT)
+    finally:
+        q.close()
+        loop.close()
+        second.close()
+    assert message.body == "later"
+
+
 def test_join_returns_when_a_lease_ends_into_the_dead_letter_queue(storage):
     """The only message is leased and never settled; with max_attempts=1 its lease's end
     dead-letters it and the queue is settled. No call announces that (the storage applies it
