@@ -11,6 +11,7 @@ from .storage.base import DEATH_HEADERS
 MAX_NAME_LENGTH = 200
 MAX_KEY_LENGTH = 1024
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+MAX_COUNT = 2**31 - 1  # counts and limits (max_messages, prefetch, max_attempts, ...): what every storage stores
 
 
 def queue_name(name: object, what: str = "queue name") -> str:
@@ -55,11 +56,11 @@ def timeout(value: object) -> float | None:
 
 
 def count(what: str, value: object, *, minimum: int = 1) -> int:
-    """An int >= minimum (bools refused)."""
+    """An int from ``minimum`` to :data:`MAX_COUNT` (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    if not minimum <= value <= MAX_COUNT:
+        raise ValueError(f"{what} must be between {minimum} and {MAX_COUNT}, got {value}")
     return value
 
 

@@ -16,6 +16,7 @@ import pytest
 import mqlite
 from mqlite import QueueClosed, SerializationError
 from mqlite.serializers import JSON, RAW
+from mqlite.storage import Envelope, QueueSpec
 
 
 class FakeClock:
@@ -406,6 +407,8 @@ def test_bad_settle_texts_are_refused_and_the_delivery_can_still_settle(
         ({"maxsize": -1}, ValueError, "maxsize"),
         ({"maxsize": 2.0}, TypeError, "maxsize"),
         ({"maxsize": None}, TypeError, "maxsize"),
+        ({"max_attempts": 2**63}, ValueError, "max_attempts"),
+        ({"maxsize": 2**31}, ValueError, "maxsize"),
     ],
     ids=lambda v: repr(v) if not isinstance(v, type) else v.__name__,
 )
@@ -428,14 +431,39 @@ def test_bad_queue_settings_are_refused(options: dict[str, Any], error: type, wo
         (lambda q: q.peek(1.0), TypeError, "n"),
         (lambda q: q.redrive(-1), ValueError, "max_messages"),
         (lambda q: q.redrive("all"), TypeError, "max_messages"),
+        (lambda q: q.consumer(prefetch=2**63), ValueError, "prefetch"),
+        (lambda q: q.get_many(2**63), ValueError, "max_messages"),
+        (lambda q: q.peek(2**63), ValueError, "n"),
+        (lambda q: q.redrive(2**63), ValueError, "max_messages"),
     ],
     ids=["prefetch0", "prefetch-float", "auto_extend", "get_many0", "get_many-str", "peek-1", "peek-float",
-         "redrive-1", "redrive-str"],
+         "redrive-1", "redrive-str", "prefetch-huge", "get_many-huge", "peek-huge", "redrive-huge"],
 )  # fmt: skip
 def test_bad_counts_are_refused(
     q: mqlite.Queue[Any], call: Callable[[mqlite.Queue[Any]], object], error: type, word: str
 ) -> None:
     refused(q, error, word, lambda: call(q))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_storage_called_directly_with_counts_beyond_any_queue_takes_them_as_no_limit(tmp_path, kind: str) -> None:
+    """The front refuses counts above 2**31 - 1; a direct caller of a storage gets the answer a
+    huge limit means, not an OverflowError from the database or the log's record format, and
+    (the file log once changed its index before that failed) a log that reopens as it was."""
+    huge = 2**63
+    path = str(tmp_path / ("q.db" if kind == "sqlite" else "log"))
+    storage: mqlite.storage.Storage = mqlite.SQLiteStorage(path) if kind == "sqlite" else mqlite.FileStorage(path)
+    storage.open_queue(QueueSpec("q", huge))
+    storage.put("q", [Envelope(b"a"), Envelope(b"b")], 1.0)
+    assert [m.body for m in storage.peek("q", huge, 1.0)] == [b"a", b"b"]
+    [first, second] = storage.lease("q", huge, 1.0, 30.0)
+    storage.reject("q", [(first.id, first.token)], 1.0, "poison")
+    assert storage.redrive("q", 1.0, huge) == 1
+    storage.ack("q", [(second.id, second.token)], 1.0)
+    storage.close()
+    reopened = mqlite.SQLiteStorage(path) if kind == "sqlite" else mqlite.FileStorage(path)
+    assert [m.body for m in reopened.peek("q", 10, 2.0)] == [b"a"]
+    reopened.close()
 
 
 def test_put_many_larger_than_maxsize_is_refused_at_once() -> None:

@@ -123,6 +123,12 @@ class QueueStats:
     oldest_ready_age: float | None
 
 
+LIMIT_MAX = 2**31 - 1
+"""The largest count a storage needs to honour as such (``n`` of lease and peek, redrive's
+``max_messages``, ``max_attempts``): the front refuses larger ones, and storages that store or
+bind them treat a larger one, from a direct caller, as this (no queue holds that many)."""
+
+
 class Storage(abc.ABC):
     """Base class of every storage: atomic state transitions on named queues.
 

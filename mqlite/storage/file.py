@@ -34,7 +34,7 @@ from ._index import Index
 from ._replay import Replayer, expire_leases
 from ._snapshot import dedup_entries
 from ._space import SpaceKeeper
-from .base import Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
+from .base import LIMIT_MAX, Envelope, Handle, Leased, Outcome, QueueSpec, QueueStats, Storage
 
 __all__ = ["FileStorage"]
 
@@ -448,13 +448,16 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         _validate.queue_name(spec.name)
         if spec.dead_letter:
             _validate.queue_name(spec.dead_letter, "dead_letter")
+        if spec.max_attempts is not None and spec.max_attempts > LIMIT_MAX:
+            spec = spec._replace(max_attempts=LIMIT_MAX)
+        record = _log.encode_spec(spec)  # before the index changes: a call that fails changes nothing
         with self._gather, self._lock:
             self._usable()
             known = self._index.queues.get(spec.name)
             if known is not None and known.spec == spec:
                 return
             self._index.open_queue(spec)
-            end = self._append(_log.SPEC, _log.encode_spec(spec))
+            end = self._append(_log.SPEC, record)
         self._commit(end)
 
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
@@ -489,6 +492,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         raise TypeError(f"FileStorage stores bytes bodies, not {type(body).__name__} (use a serializer)")
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
+        n = min(n, LIMIT_MAX)  # the record stores it, and replay leases it again
         with self._lock:
             self._usable()
             self._tick(queue, now)
@@ -561,6 +565,8 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         )
 
     def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
+        if max_messages is not None:
+            max_messages = min(max_messages, LIMIT_MAX)  # stored in the record
         with self._gather, self._lock:
             self._usable()
             self._tick(queue, now)

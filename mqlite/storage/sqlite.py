@@ -63,6 +63,7 @@ from .base import (
     DEATH_HEADERS,
     DEATH_QUEUE,
     DEATH_REASON,
+    LIMIT_MAX,
     Envelope,
     Handle,
     Leased,
@@ -761,6 +762,8 @@ class SQLiteStorage(Combiner, Storage):
     # -- the Storage interface --------------------------------------------------------------------
 
     def open_queue(self, spec: QueueSpec) -> None:
+        if spec.max_attempts is not None and spec.max_attempts > LIMIT_MAX:  # SQLite ints are 64-bit
+            spec = spec._replace(max_attempts=LIMIT_MAX)
         self._submit(self._do_open_queue, True, spec)
 
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
@@ -768,7 +771,7 @@ class SQLiteStorage(Combiner, Storage):
         return result
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
-        result: list[Leased] = self._submit(self._do_lease, False, queue, n, now, lease)
+        result: list[Leased] = self._submit(self._do_lease, False, queue, min(n, LIMIT_MAX), now, lease)
         return result
 
     def ack(self, queue: str, handles: Sequence[Handle], now: float) -> list[Outcome]:
@@ -792,6 +795,8 @@ class SQLiteStorage(Combiner, Storage):
         return result
 
     def redrive(self, queue: str, now: float, max_messages: int | None) -> int:
+        if max_messages is not None:
+            max_messages = min(max_messages, LIMIT_MAX)
         result: int = self._submit(self._do_redrive, True, queue, now, max_messages)
         return result
 
@@ -800,7 +805,7 @@ class SQLiteStorage(Combiner, Storage):
         return result
 
     def peek(self, queue: str, n: int, now: float) -> list[Leased]:
-        result: list[Leased] = self._submit(self._do_peek, False, queue, n, now)
+        result: list[Leased] = self._submit(self._do_peek, False, queue, min(n, LIMIT_MAX), now)
         return result
 
     def counts(self, queue: str, now: float) -> tuple[int, int, int]:
