@@ -17,6 +17,7 @@ from typing_extensions import TypeVar
 from . import _validate
 from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
 from ._message import Message, Verb
+from ._operations import NOTHING
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter, _resolve
 from .storage.base import Handle, Leased, Outcome
 
@@ -103,6 +104,13 @@ class Consumer(Generic[T]):
 
     def _take(self, n: int) -> list[Message[T]] | None:
         """One attempt to lease ``n`` messages without waiting; None if none is eligible."""
+        ops = self._queue._ops
+        if ops is not None:
+            with ops:
+                return self._take_now(n)
+        return self._take_now(n)
+
+    def _take_now(self, n: int) -> list[Message[T]] | None:
         if self._buffer:
             buffered = self._unbuffer(n)
             if buffered:
@@ -353,6 +361,10 @@ class Consumer(Generic[T]):
 
     async def _take_off_loop(self, n: int) -> list[Message[T]] | None:
         """Lease on the I/O thread; if cancelled meanwhile, release what it leased (no attempt)."""
+        with self._queue._ops or NOTHING:
+            return await self._take_off_loop_now(n)
+
+    async def _take_off_loop_now(self, n: int) -> list[Message[T]] | None:
         queue = self._queue
         now = queue._clock()
         records = await queue._call_landing(
@@ -389,7 +401,7 @@ class Consumer(Generic[T]):
         if timeout is not None:
             timeout = _validate.timeout(timeout)
         queue = self._queue
-        if not (self._buffer or self._closed or queue._closed or queue._channel.feeders):  # the fast path
+        if not (self._buffer or self._closed or queue._closed or queue._channel.feeders or queue._ops):  # fast path
             records = queue._storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)
             if records:
                 messages = self._adopt(records, 1)
@@ -492,6 +504,14 @@ class Consumer(Generic[T]):
         return lambda: storage.reject(name, handles, clock(), text)[0]
 
     def _settle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
+        ops = self._queue._ops
+        if ops is not None:
+            with ops:
+                self._settle_now(message, verb, delay, text)
+        else:
+            self._settle_now(message, verb, delay, text)
+
+    def _settle_now(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
             self._release_claimed(message)
@@ -511,6 +531,10 @@ class Consumer(Generic[T]):
         """``_settle(message, "ack", ...)`` and, if the storage acked it, what ``_settled`` does
         for an ack, in one frame: the per-message path of ``Message.ack``."""
         queue = self._queue
+        if queue._ops is not None:
+            with queue._ops:
+                self._settle_now(message, "ack", 0.0, None)
+            return
         if queue._closed:
             self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
@@ -529,6 +553,10 @@ class Consumer(Generic[T]):
         self._settled(message, "ack", 0.0, outcome)
 
     async def _asettle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
+        with self._queue._ops or NOTHING:
+            await self._asettle_now(message, verb, delay, text)
+
+    async def _asettle_now(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
             if queue._storage.blocking_io:

@@ -20,6 +20,7 @@ from ._consumer import YIELD_EVERY, Consumer, _sleep_on
 from ._errors import Full, LeaseLost, QueueClosed, SerializationError
 from ._keeper import LeaseKeeper, keeper
 from ._message import Message
+from ._operations import NOTHING, Operations
 from ._producer import Producer
 from ._urls import open_storage
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, channel_for
@@ -90,6 +91,7 @@ class Queue(Generic[T]):
         "_default",
         "_maxsize",
         "_name",
+        "_ops",
         "_owns_storage",
         "_serializer",
         "_spec",
@@ -144,6 +146,8 @@ class Queue(Generic[T]):
         if serializer is None and storage.requires_bytes:
             serializer = JSON
         self._storage = storage
+        # Operations under way, counted when the queue owns a storage that keeps what it stores.
+        self._ops = Operations(storage) if self._owns_storage and storage.blocking_io else None
         self._serializer = serializer
         self._clock: Callable[[], float] = clock or time.time
         self._spec = QueueSpec(self._name, max_attempts, dead_letter, dedup_window)
@@ -658,19 +662,24 @@ class Queue(Generic[T]):
         Messages whose lease was lost are reported together in one :class:`LeaseLost` after
         the others were acked.
         """
-        batch = self._claim_acks(messages)
-        if not batch:
-            return
-        try:
-            outcomes = self._storage.ack(self._name, [(m.id, m._record.token) for m in batch], self._clock())
-        except BaseException:
-            for message in batch:
-                message._unclaim(False)
-            raise
-        self._acked(batch, outcomes)
+        with self._ops or NOTHING:
+            batch = self._claim_acks(messages)
+            if not batch:
+                return
+            try:
+                outcomes = self._storage.ack(self._name, [(m.id, m._record.token) for m in batch], self._clock())
+            except BaseException:
+                for message in batch:
+                    message._unclaim(False)
+                raise
+            self._acked(batch, outcomes)
 
     async def aack_many(self, messages: Iterable[Message[T]]) -> None:
         """Async :meth:`ack_many`."""
+        with self._ops or NOTHING:
+            await self._aack_many(messages)
+
+    async def _aack_many(self, messages: Iterable[Message[T]]) -> None:
         batch = self._claim_acks(messages)
         if not batch:
             return
@@ -878,7 +887,9 @@ class Queue(Generic[T]):
             for consumer in consumers:
                 self._channel.close_owner(consumer)
             self._channel.close_owner(self)
-            if self._owns_storage:
+            if self._ops is not None:  # once no get or settle under way needs it (see _operations)
+                self._ops.close_storage(wait=asyncio._get_running_loop() is None)
+            elif self._owns_storage:
                 self._storage.close()
 
     async def aclose(self) -> None:

@@ -181,6 +181,116 @@ def test_a_storage_made_by_the_queue_closes_with_it(storage):
         inner.counts("owned", 0.0)
 
 
+def _owned(kind: str, directory: str) -> tuple[str, Callable[[], mqlite.Storage]]:
+    """A URL for a queue to own its storage, and how to open the same storage again."""
+    if kind == "sqlite":
+        return f"sqlite:///{directory}/q.db", lambda: mqlite.SQLiteStorage(f"{directory}/q.db")
+    return f"file://{directory}/log", lambda: mqlite.FileStorage(f"{directory}/log")
+
+
+@pytest.mark.parametrize("how", ["get in a thread", "aget"])
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_close_waits_for_a_get_under_way_to_give_its_message_back_before_closing_its_storage(tmp_path, kind, how):
+    """A get's lease landed, then close() ran before the get found the queue closed: the get
+    gives the message back itself, which needs the storage the queue made. Closed under it, the
+    message stayed in flight with an attempt counted (until its lease ended)."""
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    real_lease = q.storage.lease
+    leased, go = threading.Event(), threading.Event()
+
+    def lease(*args: object) -> object:
+        records = real_lease(*args)  # type: ignore[arg-type]
+        if records:
+            leased.set()
+            assert go.wait(TIMEOUT)
+        return records
+
+    q.storage.lease = lease  # type: ignore[method-assign]
+    if how == "aget":
+        loop = LoopThread()
+        getter = loop.submit(q.aget())
+    else:
+        getter = start_thread(q.get)
+    assert leased.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q.closed, what="close to begin")
+    go.set()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.result(TIMEOUT) if how == "aget" else getter.finish()
+    closer.finish()
+    if how == "aget":
+        loop.close()
+    storage = reopen()
+    [message] = storage.peek("x", 5, time.time())
+    assert (message.body, message.attempts, message.lease_expires_at) == (b'"m"', 0, None)
+    storage.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_close_called_on_the_loop_leaves_closing_the_storage_to_the_aget_under_way(tmp_path, kind):
+    """close() called (not awaited) by a coroutine cannot wait for the loop's own coroutines:
+    it returns at once, and the aget under way closes the storage once it gave its message back."""
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    real_lease = q.storage.lease
+    leased, go = threading.Event(), threading.Event()
+
+    def lease(*args: object) -> object:
+        records = real_lease(*args)  # type: ignore[arg-type]
+        if records:
+            leased.set()
+            assert go.wait(TIMEOUT)
+        return records
+
+    q.storage.lease = lease  # type: ignore[method-assign]
+
+    async def main() -> None:
+        getter = asyncio.ensure_future(q.aget())
+        assert await asyncio.to_thread(leased.wait, TIMEOUT)
+        q.close()  # returns without waiting for the getter of this very loop
+        go.set()
+        with pytest.raises(mqlite.QueueClosed):
+            await asyncio.wait_for(getter, TIMEOUT)
+
+    asyncio.run(main())
+    storage = reopen()  # the file's lock was let go: the last operation closed the storage
+    [message] = storage.peek("x", 5, time.time())
+    assert (message.attempts, message.lease_expires_at) == (0, None)
+    storage.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_close_waits_for_an_ack_under_way_before_closing_its_storage(tmp_path, kind):
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    message = q.get()
+    real_ack = q.storage.ack
+    reached, go = threading.Event(), threading.Event()
+
+    def ack(*args: object) -> object:
+        reached.set()
+        assert go.wait(TIMEOUT)  # on its way to the storage as close() runs
+        return real_ack(*args)  # type: ignore[arg-type]
+
+    q.storage.ack = ack  # type: ignore[method-assign]
+    loop = LoopThread()
+    acking = loop.submit(message.aack())
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q.closed, what="close to begin")
+    go.set()
+    acking.result(TIMEOUT)  # the ack was under way before close: it lands
+    closer.finish()
+    loop.close()
+    storage = reopen()
+    assert storage.peek("x", 5, time.time()) == []
+    storage.close()
+
+
 def test_a_storage_passed_in_stays_open():
     storage = BlockingMemoryStorage()
     with mqlite.Queue("mine", storage=storage) as q:
