@@ -666,3 +666,80 @@ def test_a_put_too_large_for_one_record_is_refused_and_changes_nothing(tmp_path,
     assert storage.counts("q", T0) == (0, 0, 0)
     assert storage.put("q", [Envelope(b"x" * (40 << 10))], T0) == [1]
     storage.close()
+
+
+# -- failures while opening ----------------------------------------------------------------------
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, error: int, when: object = None) -> None:
+    """Make ``os.<name>`` fail once with ``error`` (for a first argument ending in ``when``)."""
+    real = getattr(os, name)
+    state = {"failed": False}
+
+    def failing(*args: object, **kwargs: object) -> object:
+        if not state["failed"] and (when is None or str(args[0]).endswith(str(when))):
+            state["failed"] = True
+            raise OSError(error, os.strerror(error))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, failing)
+
+
+@pytest.mark.parametrize("call", ["ftruncate", "pwrite"])
+def test_a_lock_file_that_cannot_be_written_is_a_storage_error_and_leaves_the_directory_unlocked(
+    tmp_path, monkeypatch, call
+):
+    """A full disk as the pid is written into LOCK: the descriptor holding the flock leaked, so
+    every later open of this process got StorageLocked, blaming a phantom holder."""
+    directory = str(tmp_path / "log")
+    _fill(directory, 2)
+    _fail_once(monkeypatch, call, errno.ENOSPC)
+    with pytest.raises(mqlite.StorageError, match="lock file"):
+        FileStorage(directory)
+    monkeypatch.undo()
+    assert len(_contents(directory)) == 2  # opens again, everything kept
+
+
+@pytest.mark.parametrize(("call", "error", "when"), [("listdir", errno.EIO, None), ("open", errno.EMFILE, ".seg")])
+def test_an_os_error_while_opening_is_a_storage_error_naming_the_directory(tmp_path, monkeypatch, call, error, when):
+    directory = str(tmp_path / "log")
+    _fill(directory, 2)
+    _fail_once(monkeypatch, call, error, when)
+    with pytest.raises(mqlite.StorageError, match="cannot open the log") as caught:
+        FileStorage(directory)
+    assert isinstance(caught.value.__cause__, OSError)
+    monkeypatch.undo()
+    assert len(_contents(directory)) == 2
+
+
+CRASH_DRAINED = """
+import os, sys
+from mqlite.storage import Envelope, QueueSpec
+from mqlite.storage.file import FileStorage
+storage = FileStorage(sys.argv[1])
+storage.open_queue(QueueSpec("q", None))
+for i in range(200):
+    storage.put("q", [Envelope(b"%05d" % i + b"z" * 500)], 1000.0)
+for _ in range(195):
+    [m] = storage.lease("q", 1, 1000.0, 30.0)
+    storage.ack("q", [(m.id, m.token)], 1000.0)
+os._exit(0)  # dies with a mostly dead log, which the next open compacts
+"""
+
+
+def test_a_snapshot_that_cannot_be_written_at_open_or_close_only_skips_compaction(tmp_path, monkeypatch, caplog):
+    """Giving space back is optional: a full disk just then must not stop the log from opening
+    (to be drained, which is what frees space) nor from closing cleanly."""
+    directory = str(tmp_path / "log")
+    subprocess.run([sys.executable, "-c", CRASH_DRAINED, directory], check=True, timeout=120)
+    _fail_once(monkeypatch, "open", errno.ENOSPC, ".tmp")
+    with caplog.at_level(logging.WARNING, logger="mqlite"):
+        storage = FileStorage(directory)
+    assert "compaction after replay skipped" in caplog.text
+    assert [m.body[:5] for m in storage.peek("q", 10, 1000.0)] == [b"%05d" % i for i in range(195, 200)]
+    _fail_once(monkeypatch, "open", errno.ENOSPC, ".tmp")
+    storage.close()
+    assert "compaction at close skipped" in caplog.text
+    monkeypatch.undo()
+    with FileStorage(directory) as reopened:
+        assert len(reopened.peek("q", 10, 1000.0)) == 5

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from typing import Final
 
+from .._errors import StorageError
 from . import _log
 from ._index import Entry, Index
 from ._snapshot import entry_cost, snap_msg, snapshot_records, snapshot_size
@@ -26,6 +28,13 @@ __all__ = ["SpaceKeeper"]
 
 _WRITE_CHUNK: Final = 1 << 20  # bytes of snapshot written at a time
 _IDLE_COMPACT_MIN: Final = 64 << 10  # dead bytes below which close() and open leave the log as it is
+
+
+log = logging.getLogger("mqlite")
+
+
+class SnapshotNotWritten(OSError):
+    """Compaction failed before its snapshot replaced anything: the log is as it was."""
 
 
 class SpaceKeeper:
@@ -311,6 +320,14 @@ class SpaceKeeper:
         live = self.live_bytes()
         return sum(self._sizes.values()) - live >= max(live, _IDLE_COMPACT_MIN)
 
+    def _compact_if_possible(self, when: str) -> None:
+        """Compact, but if the snapshot cannot even be written (a full disk), only warn: the
+        log is as it was, and giving space back is never worth refusing to open or close."""
+        try:
+            self._compact_locked()
+        except SnapshotNotWritten as exc:
+            log.warning("mqlite: %s: compaction %s skipped, the log is unchanged: %s", self.path, when, exc)
+
     def compact(self) -> None:
         """Rewrite the live state as a snapshot segment and delete the older segments.
 
@@ -324,6 +341,8 @@ class SpaceKeeper:
             self._usable()
             try:
                 self._compact_locked()
+            except SnapshotNotWritten as exc:  # nothing changed: the storage goes on as it was
+                raise StorageError(f"{self.path}: compaction failed, the log is unchanged: {exc}") from exc
             except OSError as exc:
                 raise self._fail(exc, "compaction failed") from exc
 
@@ -334,7 +353,10 @@ class SpaceKeeper:
         number = self._segment + 1
         final_path = self._file(number)
         temp_path = final_path[: -len(_log.SUFFIX)] + _log.TEMP_SUFFIX
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SnapshotNotWritten(f"cannot create {temp_path!r}: {exc}") from exc
         size = 0
         try:
             chunks: list[bytes] = [_log.file_header(number)]
@@ -351,10 +373,12 @@ class SpaceKeeper:
             _log.write_all(fd, data)
             size += len(data)
             os.fdatasync(fd)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(temp_path)
+            if isinstance(exc, OSError):
+                raise SnapshotNotWritten(f"cannot write {temp_path!r}: {exc}") from exc
             raise
         os.close(fd)
         os.rename(temp_path, final_path)

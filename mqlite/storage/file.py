@@ -136,8 +136,10 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._lock_fd = self._take_lock()
         try:
             self._load()
-        except BaseException:
+        except BaseException as exc:
             self._release_files()
+            if isinstance(exc, OSError):  # listing, opening, creating, cutting files: name the storage
+                raise StorageError(f"cannot open the log in {self.path!r}: {exc}") from exc
             raise
 
     def __repr__(self) -> str:
@@ -171,8 +173,12 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             raise StorageLocked(
                 f"FileStorage {self.path!r} is in use by {who}; it serves one process and one opener at a time"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: let go of the lock, or no later open of this process works
+            os.close(fd)
+            raise StorageError(f"cannot write the lock file {lock_path!r}: {exc}") from exc
         return fd
 
     def _release_files(self) -> None:
@@ -224,7 +230,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             try:
                 self._drop_settled()
                 if self._mostly_dead():
-                    self._compact_locked()
+                    self._compact_if_possible("after replay")
             except OSError as exc:
                 raise StorageError(f"{self.path}: compaction after replay failed: {exc}") from exc
 
@@ -634,7 +640,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                         raise self._fail(exc, "deleting settled segments at close failed") from exc
                     if self._mostly_dead():
                         try:
-                            self._compact_locked()
+                            self._compact_if_possible("at close")
                         except OSError as exc:
                             raise self._fail(exc, "compaction at close failed") from exc
                     self._append(_log.CLOSE, b"")
