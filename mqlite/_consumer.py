@@ -400,6 +400,8 @@ class Consumer(Generic[T]):
         """
         if timeout is not None:
             timeout = _validate.timeout(timeout)
+        if block is not True:
+            _validate.flag("block", block)
         queue = self._queue
         if not (self._buffer or self._closed or queue._closed or queue._channel.feeders or queue._ops):  # fast path
             records = queue._storage.lease(queue._name, self._prefetch, queue._clock(), self._lease)

@@ -38,6 +38,8 @@ class Producer(Generic[T]):
         queue._options(**{"delay": 0.0, "priority": 0, "group": None, "dedup_key": None, "headers": None, **options})
         if "timeout" in defaults:
             _validate.timeout(defaults["timeout"])
+        if "block" in defaults:
+            _validate.flag("block", defaults["block"])
         self._queue = queue
         self._defaults = defaults
 

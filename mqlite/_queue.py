@@ -341,8 +341,8 @@ class Queue(Generic[T]):
         dedup_key: str | None,
         headers: Mapping[str, str] | None,
     ) -> list[Envelope]:
-        if isinstance(bodies, (str, bytes, bytearray, memoryview, Mapping)):
-            raise TypeError(f"put_many takes an iterable of bodies, not one {type(bodies).__name__}")
+        if isinstance(bodies, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(bodies, Iterable):
+            raise TypeError(f"put_many takes an iterable of bodies, not {type(bodies).__name__}")
         if dedup_key is not None:
             raise ValueError("put_many cannot share one dedup_key among many messages; put them one by one")
         options = self._options(delay, priority, group, None, headers)
@@ -386,6 +386,7 @@ class Queue(Generic[T]):
         return landed
 
     def _put_sync(self, envelopes: list[Envelope], block: bool, timeout: float | None) -> list[int]:
+        _validate.flag("block", block)
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = relay = False
@@ -503,6 +504,7 @@ class Queue(Generic[T]):
         """
         if (
             timeout is None
+            and block is True
             and group is None
             and dedup_key is None
             and headers is None
@@ -706,6 +708,8 @@ class Queue(Generic[T]):
     def _claim_acks(self, messages: Iterable[Message[T]]) -> list[Message[T]]:
         """Claim every message for an ack, or none (a refused claim undoes the others)."""
         self._check_open()
+        if not isinstance(messages, Iterable):
+            raise TypeError(f"ack_many takes an iterable of messages, not {type(messages).__name__}")
         batch: list[Message[T]] = []
         try:
             for message in messages:

@@ -50,6 +50,13 @@ def seconds(what: str, value: object, *, positive: bool = False) -> float:
     return result
 
 
+def flag(what: str, value: object) -> bool:
+    """A bool (``block``): a str or None is more likely a mistake than a choice."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
+    return value
+
+
 def timeout(value: object) -> float | None:
     """None (wait forever) or a finite number of seconds >= 0."""
     return None if value is None else seconds("timeout", value)

@@ -489,3 +489,81 @@ def test_a_raw_queue_accepts_producers_with_defaults() -> None:
     producer.put(b"one")
     producer.put_many([b"two"])
     assert [(m.body, m.priority) for m in q.get_many(2)] == [(b"one", 2), (b"two", 2)]
+
+
+# -- storages' own arguments, flags, iterables, the fake clock ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "word"),
+    [
+        (lambda d: mqlite.SQLiteStorage(None), TypeError, "path"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(123), TypeError, "path"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(b"x.db"), TypeError, "path"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(f"{d}/a\0b.db"), ValueError, "path"),
+        (lambda d: mqlite.SQLiteStorage(f"{d}/q.db", durability=["full"]), ValueError, "durability"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(f"{d}/q.db", poll_interval="1"), TypeError, "poll_interval"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(f"{d}/q.db", busy_timeout="1"), TypeError, "busy_timeout"),  # type: ignore[arg-type]
+        (lambda d: mqlite.SQLiteStorage(f"{d}/q.db", busy_timeout=math.inf), ValueError, "busy_timeout"),
+        (lambda d: mqlite.SQLiteStorage(f"{d}/q.db", busy_timeout=1e300), ValueError, "busy_timeout"),
+        (lambda d: mqlite.FileStorage(""), ValueError, "directory"),
+        (lambda d: mqlite.FileStorage(f"{d}/a\0b"), ValueError, "directory"),
+        (lambda d: mqlite.FileStorage(f"{d}/log", salvage="no"), TypeError, "salvage"),  # type: ignore[arg-type]
+        (lambda d: mqlite.FileStorage(f"{d}/log", salvage=None), TypeError, "salvage"),  # type: ignore[arg-type]
+        (lambda d: mqlite.open_storage(f"file://{d}/log?salvage=on"), ValueError, "salvage"),
+    ],
+    ids=["sqlite-None", "sqlite-int", "sqlite-bytes", "sqlite-NUL", "sqlite-durability-list", "poll_interval-str",
+         "busy_timeout-str", "busy_timeout-inf", "busy_timeout-huge", "file-empty", "file-NUL", "salvage-str",
+         "salvage-None", "salvage-url"],
+)  # fmt: skip
+def test_bad_storage_arguments_are_refused_naming_them(
+    tmp_path, make: Callable[[str], object], error: type, word: str
+) -> None:
+    with pytest.raises(error, match=word):
+        make(str(tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing created
+
+
+def test_the_salvage_option_of_a_file_url_reads_yes_and_no(tmp_path) -> None:
+    for value, salvage in (("1", True), ("Yes", True), ("true", True), ("0", False), ("no", False)):
+        storage = mqlite.open_storage(f"file://{tmp_path}/log?salvage={value}")
+        assert isinstance(storage, mqlite.FileStorage)
+        assert storage.salvage is salvage
+        storage.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda q: q.put("x", block="no"),
+        lambda q: q.put_many(["x"], block=None),
+        lambda q: q.get(block="no"),
+        lambda q: q.consumer().get(block=None),
+        lambda q: q.producer(block="no"),
+    ],
+    ids=["put", "put_many", "get", "consumer-get", "producer"],
+)
+def test_block_must_be_a_bool(q: mqlite.Queue[Any], call: Callable[[mqlite.Queue[Any]], object]) -> None:
+    refused(q, TypeError, "block", lambda: call(q))
+
+
+@pytest.mark.parametrize("bad", [None, 5])
+def test_put_many_and_ack_many_name_what_they_take(q: mqlite.Queue[Any], bad: object) -> None:
+    refused(q, TypeError, ("put_many", "bodies"), lambda: q.put_many(bad))  # type: ignore[arg-type]
+    refused(q, TypeError, ("ack_many", "messages"), lambda: q.ack_many(bad))  # type: ignore[arg-type]
+
+
+def test_the_fake_clock_refuses_times_past_every_float() -> None:
+    from mqlite.testing import FakeClock
+
+    clock = FakeClock(start=0.0)
+    with pytest.raises(ValueError, match="start"):
+        FakeClock(start=2**1100)
+    with pytest.raises(ValueError, match="seconds"):
+        clock.advance(2**1100)
+    clock.advance(1e308)
+    with pytest.raises(ValueError, match="past every finite time"):
+        clock.advance(1e308)
+    assert clock() == 1e308  # unchanged by the refused call
+    with pytest.raises(ValueError, match="finite number, got nan"):
+        clock.set(math.nan)

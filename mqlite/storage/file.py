@@ -100,16 +100,23 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
     ) -> None:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"directory must be a str or path, not {type(directory).__name__}")
+        path = os.fspath(directory)
+        if not isinstance(path, str):
+            raise TypeError(f"directory must be a str path, not {type(path).__name__}")
+        if not path or "\x00" in path:
+            raise ValueError(f"directory must be a non-empty path without NUL, got {path!r}")
+        if not isinstance(salvage, bool):
+            raise TypeError(f"salvage must be a bool, not {type(salvage).__name__}")
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
         if isinstance(segment_size, bool) or not isinstance(segment_size, int):
             raise TypeError(f"segment_size must be an int, not {type(segment_size).__name__}")
         if segment_size < 1024:
             raise ValueError(f"segment_size must be >= 1024 bytes, got {segment_size}")
-        self.path = os.path.abspath(os.fspath(directory))
+        self.path = os.path.abspath(path)
         self.durability: Durability = durability
         self.segment_size = segment_size
-        self.salvage = bool(salvage)
+        self.salvage = salvage
         self._full = durability == "full"
         self._lock = threading.Lock()
         self._init_group_commit()
@@ -682,5 +689,8 @@ def from_url(rest: str) -> FileStorage:
         segment_size = int(options.get("segment_size", 64 * MiB))
     except ValueError:
         raise ValueError(f"file:// URL option segment_size must be an int, got {options['segment_size']!r}") from None
-    salvage = options.get("salvage", "0").lower() in ("1", "true", "yes")
+    flag = options.get("salvage", "0").lower()
+    if flag not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"file:// URL option salvage must be 1/true/yes or 0/false/no, got {options['salvage']!r}")
+    salvage = flag in ("1", "true", "yes")
     return FileStorage(path, durability=durability, segment_size=segment_size, salvage=salvage)  # type: ignore[arg-type]

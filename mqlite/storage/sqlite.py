@@ -79,6 +79,16 @@ _PLAIN: Final = Envelope(None)[1:]  # the options of an envelope put with every 
 _OPTIONS: Final = operator.itemgetter(slice(1, None))  # an envelope's options
 _BODY: Final = operator.itemgetter(0)
 _DURABILITY: Final = {"full": "FULL", "normal": "NORMAL"}
+_MAX_BUSY_TIMEOUT: Final = 2**31 // 1000  # SQLite takes it in milliseconds, as a C int
+
+
+def _seconds(what: str, value: object, alternative: str = "") -> None:
+    """Refuse what is not a positive, finite number of seconds, naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a number of seconds" + (f" {alternative}" if alternative else "")
+        raise TypeError(f"{what} must be {kind}, not {type(value).__name__}")
+    if not 0.0 < value < math.inf:
+        raise ValueError(f"{what} must be a positive, finite number of seconds, got {value!r}")
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
 
 
@@ -116,18 +126,19 @@ class SQLiteStorage(Combiner, Storage):
         poll_interval: float | None = 0.05,
         busy_timeout: float = 30.0,
     ) -> None:
-        if durability not in _DURABILITY:
+        if not isinstance(durability, str) or durability not in _DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
-        if poll_interval is not None and (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, (int, float))
-            or not 0.0 < poll_interval < math.inf
-        ):
-            raise ValueError(f"poll_interval must be a positive number of seconds or None, got {poll_interval!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or not busy_timeout > 0:
-            raise ValueError(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+        if poll_interval is not None:
+            _seconds("poll_interval", poll_interval, "or None")
+        _seconds("busy_timeout", busy_timeout)
+        if busy_timeout > _MAX_BUSY_TIMEOUT:
+            raise ValueError(f"busy_timeout must be at most {_MAX_BUSY_TIMEOUT:g} seconds, got {busy_timeout!r}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         self.path = os.fspath(path)
-        if not isinstance(self.path, str) or not self.path or self.path == ":memory:":
+        if not isinstance(self.path, str):
+            raise TypeError(f"path must be a str path, not {type(self.path).__name__}")
+        if not self.path or self.path == ":memory:" or "\x00" in self.path:
             raise ValueError(f"path must name a database file, got {path!r}")
         self.durability = durability
         self.poll_interval = None if poll_interval is None else float(poll_interval)

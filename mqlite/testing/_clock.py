@@ -42,8 +42,11 @@ class FakeClock:
         """Move the clock forward by ``seconds`` (>= 0, finite) and return the new time."""
         seconds = _check("seconds", seconds)
         with self._lock:
-            self._now += seconds
-            return self._now
+            moved = self._now + seconds
+            if math.isinf(moved):
+                raise ValueError(f"seconds={seconds!r} would move the clock past every finite time")
+            self._now = moved
+            return moved
 
     def set(self, t: float) -> float:
         """Move the clock to ``t`` and return it; ValueError if ``t`` is earlier than now."""
@@ -58,7 +61,11 @@ class FakeClock:
 def _check(name: str, value: float, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number of seconds, got an int too large for a float") from None
     if math.isnan(value) or math.isinf(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+        bound = "" if minimum == -math.inf else f" >= {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return value
