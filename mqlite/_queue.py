@@ -37,24 +37,30 @@ log = logging.getLogger("mqlite")
 
 _tuple_new = tuple.__new__  # builds a default-option Envelope without the namedtuple's __new__ frame
 
-_io_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_io_pools: weakref.WeakKeyDictionary[Storage, concurrent.futures.ThreadPoolExecutor] = weakref.WeakKeyDictionary()
 _io_pool_lock = threading.Lock()
 
 
-def _io_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that run storage calls for coroutines when a storage may block on I/O."""
-    global _io_pool
+def _io_executor(storage: Storage) -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that run ``storage``'s calls for coroutines (for storages that may block on
+    I/O). One pool per storage: a storage that stalls (an SQLite file another process keeps
+    locked) occupies only its own threads, and coroutines using other storages go on. The
+    pool's threads end when the storage is garbage-collected."""
     with _io_pool_lock:
-        if _io_pool is None:
-            _io_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="mqlite-io")
-        return _io_pool
+        pool = _io_pools.get(storage)
+        if pool is None:
+            pool = _io_pools[storage] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=8, thread_name_prefix="mqlite-io"
+            )
+            weakref.finalize(storage, pool.shutdown, wait=False)
+        return pool
 
 
 def _forget_io_pool() -> None:
-    """In a forked child: the parent's pool has no threads here (and may count one as idle,
-    so it would never start one); the child makes its own on first use."""
-    global _io_pool, _io_pool_lock
-    _io_pool = None
+    """In a forked child: the parent's pools have no threads here (and may count one as idle,
+    so they would never start one); the child makes its own on first use."""
+    global _io_pools, _io_pool_lock
+    _io_pools = weakref.WeakKeyDictionary()
     _io_pool_lock = threading.Lock()
 
 
@@ -250,7 +256,7 @@ class Queue(Generic[T]):
         I/O threads. Once started it runs to its end even if the caller is cancelled."""
         if not self._storage.blocking_io:
             return function(*args)
-        return await asyncio.shield(asyncio.wrap_future(_io_executor().submit(function, *args)))
+        return await asyncio.shield(asyncio.wrap_future(_io_executor(self._storage).submit(function, *args)))
 
     async def _call_landing(
         self,
@@ -265,7 +271,8 @@ class Queue(Generic[T]):
         before it started, nothing happened and ``never_ran()`` runs."""
         if not self._storage.blocking_io:
             return function(*args)
-        future = _io_executor().submit(function, *args)
+        pool = _io_executor(self._storage)
+        future = pool.submit(function, *args)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
@@ -276,10 +283,12 @@ class Queue(Generic[T]):
                 # It finished as its caller was cancelled: account for it now, before the
                 # cancellation goes on (a get retried at once must find the message given back),
                 # and on an I/O thread, since ``landed`` may make storage calls that block.
-                accounted = _io_executor().submit(_after_cancel, future, landed)
+                accounted = pool.submit(_after_cancel, future, landed)
                 await asyncio.shield(asyncio.wrap_future(accounted))
             else:
-                future.add_done_callback(lambda done: _after_cancel(done, landed))  # on its I/O thread
+                # Submitted, not run here: a call that ends just now runs its callbacks on this
+                # (the loop's) thread, and ``landed`` may block.
+                future.add_done_callback(lambda done: pool.submit(_after_cancel, done, landed))
             raise
 
     # -- producing ----------------------------------------------------------------------------

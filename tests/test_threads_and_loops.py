@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -630,3 +631,47 @@ def test_an_ack_in_a_thread_unblocks_the_next_message_of_its_group_in_a_loop(sto
         second = future.result(TIMEOUT)
     assert second.body == 2
     q.close()
+
+
+def test_coroutines_on_one_storage_go_on_while_another_storage_is_stalled(tmp_path):
+    """Another process holds an SQLite file's write lock, and eight coroutines' puts to it wait
+    on I/O threads (up to busy_timeout). A coroutine getting from a different storage must not
+    queue behind them: each storage runs its calls on threads of its own."""
+    path = str(tmp_path / "a.db")
+    with (
+        mqlite.SQLiteStorage(path, busy_timeout=TIMEOUT * 2) as stalled_storage,
+        mqlite.FileStorage(str(tmp_path / "log")) as other_storage,
+    ):
+        stalled: mqlite.Queue[int] = mqlite.Queue("a", stalled_storage)
+        other: mqlite.Queue[str] = mqlite.Queue("b", other_storage)
+        other.put("ready")
+        inside = threading.Semaphore(0)
+        real_put = stalled_storage.put
+
+        def put(*args: Any) -> Any:
+            inside.release()
+            return real_put(*args)
+
+        stalled_storage.put = put  # type: ignore[method-assign]
+        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        writer.execute("BEGIN IMMEDIATE")  # another process writing the file for a while
+
+        async def main() -> str:
+            puts = [asyncio.ensure_future(stalled.aput(i)) for i in range(8)]
+            for _ in range(8):  # every I/O thread a shared pool would have is taken
+                assert await asyncio.to_thread(inside.acquire, True, TIMEOUT)
+            message = await asyncio.wait_for(other.aget(), TIMEOUT)
+            await message.aack()
+            writer.execute("ROLLBACK")
+            await asyncio.wait_for(asyncio.gather(*puts), TIMEOUT * 3)
+            return message.body
+
+        try:
+            assert asyncio.run(main()) == "ready"
+        finally:
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
+            writer.close()
+            assert stalled.qsize() == 8
+            stalled.close()
+            other.close()
