@@ -19,7 +19,9 @@ class MemoryStorage(Storage):
 
     Nothing survives the process. Bodies are kept as the objects you put (no serializer by
     default), so a consumer receives the very object a producer put. One lock guards the
-    index; every call holds it for microseconds, so async methods call in directly.
+    index; a call holds it for microseconds per message it handles, so async methods call in
+    directly (a batch of many thousands, from another thread, holds a coroutine up that long:
+    docs/concurrency.md).
     """
 
     blocking_io: ClassVar[bool] = False
