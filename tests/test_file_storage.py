@@ -743,3 +743,24 @@ def test_a_snapshot_that_cannot_be_written_at_open_or_close_only_skips_compactio
     monkeypatch.undo()
     with FileStorage(directory) as reopened:
         assert len(reopened.peek("q", 10, 1000.0)) == 5
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_a_log_deleted_while_open_is_reported_instead_of_synced_into_nothing(tmp_path, durability):
+    """An operator's rm -rf of the directory: the open files live on, unlinked, and every put
+    and the close reported success although it all vanishes with the process."""
+    directory = str(tmp_path / "log")
+    storage = FileStorage(directory, durability=durability)
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"before")], T0)
+    shutil.rmtree(directory)
+    if durability == "full":  # the put's sync notices, and the storage refuses from then on
+        with pytest.raises(mqlite.StorageError, match="deleted"):
+            storage.put("q", [Envelope(b"after")], T0)
+        with pytest.raises(mqlite.StorageError, match="open the directory again"):
+            storage.put("q", [Envelope(b"later")], T0)
+        storage.close()
+    else:  # nothing is synced before close, whose sync notices
+        storage.put("q", [Envelope(b"after")], T0)
+        with pytest.raises(mqlite.StorageError, match="deleted"):
+            storage.close()

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import itertools
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -739,3 +740,17 @@ def test_acked_rows_are_deleted_and_free_pages_returned(tmp_path):
     assert conn.execute("SELECT count(*) FROM mq_messages WHERE qid > 0").fetchone()[0] == 0
     conn.close()
     assert os.path.getsize(path) < full / 2
+
+
+def test_a_database_deleted_while_open_is_reported_at_the_next_synced_call(tmp_path):
+    """SQLite goes on writing an unlinked database in WAL mode; the sync of the WAL notices."""
+    directory = tmp_path / "db"
+    directory.mkdir()
+    storage = SQLiteStorage(directory / "q.db", poll_interval=None)
+    storage.put("q", [Envelope(b"before")], T0)
+    shutil.rmtree(directory)
+    with pytest.raises(mqlite.StorageError, match="deleted"):
+        storage.put("q", [Envelope(b"after")], T0)
+    with pytest.raises(mqlite.StorageError, match="open the file again"):
+        storage.lease("q", 1, T0, 30.0)
+    storage.close()

@@ -11,6 +11,7 @@ its file descriptor and its failure state are shared with the writing side in ``
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -186,6 +187,8 @@ class GroupCommit:
                     started = time.monotonic()
                     os.fdatasync(fd)
                     self._sync_seconds = min(time.monotonic() - started, _MAX_GATHER)
+                    if os.fstat(fd).st_nlink == 0:  # synced into a file no name reaches any more
+                        raise FileNotFoundError(errno.ENOENT, "the log's segment was deleted while open")
                 except StorageError as exc:
                     error = exc
                 except OSError as exc:

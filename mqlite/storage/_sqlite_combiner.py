@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -205,6 +206,8 @@ class Combiner(abc.ABC):
                     wal = os.path.realpath(self.path) + "-wal"
                     fd = self._wal_fd = os.open(wal, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 _fdatasync(fd)
+                if os.fstat(fd).st_nlink == 0:  # synced into a file no name reaches any more
+                    raise OSError(errno.ENOENT, "the database's write-ahead log was deleted while open")
             except FileNotFoundError as error:
                 # SQLite deletes the WAL only when the last connection closes, checkpointing it
                 # (with syncs) first; while ours is open, a missing WAL means we cannot sync.

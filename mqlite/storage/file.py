@@ -658,6 +658,8 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                         self._wait_idle()
                         try:
                             os.fdatasync(self._fd)
+                            if os.fstat(self._fd).st_nlink == 0:
+                                raise FileNotFoundError(errno.ENOENT, "the log's segment was deleted while open")
                         except OSError as exc:
                             raise self._fail(exc, "fdatasync at close failed") from exc
                         self._synced = self._written
