@@ -137,6 +137,10 @@ class Queue(Generic[T]):
         dedup_window = _validate.seconds("dedup_window", dedup_window)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, not {type(clock).__name__}")
+        given: object = serializer  # a class passes the protocol's check by its methods
+        if isinstance(given, type):
+            cls = given.__name__
+            raise TypeError(f"serializer must be an instance, not the class {cls}: pass {cls}()")
         if serializer is not None and not (
             callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))
         ):

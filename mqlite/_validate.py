@@ -116,7 +116,9 @@ def headers(value: object) -> Mapping[str, str] | None:
     copied: dict[str, str] = {}
     items: Any = value.items()
     for name, text in items:
-        if not isinstance(name, str) or not isinstance(text, str):
+        if not isinstance(name, str):
+            raise TypeError(f"headers must map str to str; got a {type(name).__name__} name {name!r}")
+        if not isinstance(text, str):
             raise TypeError(f"headers must map str to str; got {name!r}: {type(text).__name__}")
         if name in DEATH_HEADERS:
             raise ValueError(f"header {name!r} is reserved for dead letters")

@@ -252,6 +252,18 @@ def test_a_serializer_without_dumps_and_loads_is_refused() -> None:
         mqlite.Queue("jobs", serializer=object())  # type: ignore[arg-type]
 
 
+def test_a_serializer_class_instead_of_an_instance_is_refused() -> None:
+    """The class has dumps and loads too, as plain functions: every put would then fail."""
+    with pytest.raises(TypeError, match=r"instance, not the class JsonSerializer: pass JsonSerializer\(\)"):
+        mqlite.Queue("jobs", serializer=type(JSON))  # type: ignore[arg-type]
+
+
+def test_a_header_name_that_is_not_text_is_named_as_the_name() -> None:
+    q: mqlite.Queue[Any] = mqlite.Queue("jobs")
+    with pytest.raises(TypeError, match="int name 1"):
+        q.put("x", headers={1: "a"})  # type: ignore[dict-item]
+
+
 # -- settles on a closed queue ------------------------------------------------------------------
 
 
