@@ -652,6 +652,10 @@ class Consumer(Generic[T]):
     def _renew(self) -> bool:
         """Extend every held message's lease by ``lease`` (the auto-extend keeper's tick).
         Returns whether the consumer still holds messages and wants another tick."""
+        with self._queue._ops or NOTHING:  # a close meanwhile waits for it, not fails it
+            return self._renew_now()
+
+    def _renew_now(self) -> bool:
         queue = self._queue
         held = list(self._held)
         if not held or self._closed or queue._closed:
