@@ -104,16 +104,11 @@ class Consumer(Generic[T]):
 
     def _take(self, n: int) -> list[Message[T]] | None:
         """One attempt to lease ``n`` messages without waiting; None if none is eligible."""
-        ops = self._queue._ops
-        if ops is not None:
-            with ops:
-                return self._take_now(n)
-        return self._take_now(n)
-
-    def _take_now(self, n: int) -> list[Message[T]] | None:
         if self._buffer:
             buffered = self._unbuffer(n)
             if buffered:
+                if self._queue._closed or self._closed:  # close may have released them meanwhile
+                    self._give_back(buffered, None)
                 return buffered
         queue = self._queue
         now = queue._clock()
@@ -272,6 +267,20 @@ class Consumer(Generic[T]):
         Waiters made by ``make_waiter`` are enlisted only if the channel's epoch did not move
         since before the lease attempt (the eventcount check).
         """
+        ops = self._queue._ops
+        if ops is None:
+            return self._attempt_now(n, block, deadline, timeout, make_waiter)
+        with ops:  # from the check that the queue is open to the last storage call (see _operations)
+            return self._attempt_now(n, block, deadline, timeout, make_waiter)
+
+    def _attempt_now(
+        self,
+        n: int,
+        block: bool,
+        deadline: float | None,
+        timeout: float | None,
+        make_waiter: Callable[[object], W],
+    ) -> tuple[list[Message[T]] | None, W | None, float | None]:
         queue = self._queue
         channel = queue._channel
         self._check_open()
@@ -330,11 +339,23 @@ class Consumer(Generic[T]):
         self, n: int, deadline: float | None, timeout: float | None
     ) -> tuple[list[Message[T]] | None, AsyncWaiter | None, float | None]:
         """:meth:`_attempt` for storages that block: the storage calls run on the I/O threads."""
+        with self._queue._ops or NOTHING:  # see _attempt
+            return await self._attempt_off_loop_now(n, deadline, timeout)
+
+    async def _attempt_off_loop_now(
+        self, n: int, deadline: float | None, timeout: float | None
+    ) -> tuple[list[Message[T]] | None, AsyncWaiter | None, float | None]:
         queue = self._queue
         channel = queue._channel
         self._check_open()
         epoch = channel.epoch
         taken = self._unbuffer(n) if self._buffer else None
+        if taken and (queue._closed or self._closed):  # close may have released them meanwhile
+            deferred: list[Callable[[], None]] = []
+            try:
+                self._give_back(taken, deferred)
+            finally:
+                await queue._call(_run_all, deferred)
         fed_at = None
         if not taken:
             if channel.feeders:
@@ -361,10 +382,6 @@ class Consumer(Generic[T]):
 
     async def _take_off_loop(self, n: int) -> list[Message[T]] | None:
         """Lease on the I/O thread; if cancelled meanwhile, release what it leased (no attempt)."""
-        with self._queue._ops or NOTHING:
-            return await self._take_off_loop_now(n)
-
-    async def _take_off_loop_now(self, n: int) -> list[Message[T]] | None:
         queue = self._queue
         now = queue._clock()
         records = await queue._call_landing(
@@ -506,14 +523,6 @@ class Consumer(Generic[T]):
         return lambda: storage.reject(name, handles, clock(), text)[0]
 
     def _settle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
-        ops = self._queue._ops
-        if ops is not None:
-            with ops:
-                self._settle_now(message, verb, delay, text)
-        else:
-            self._settle_now(message, verb, delay, text)
-
-    def _settle_now(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
             self._release_claimed(message)
@@ -533,10 +542,6 @@ class Consumer(Generic[T]):
         """``_settle(message, "ack", ...)`` and, if the storage acked it, what ``_settled`` does
         for an ack, in one frame: the per-message path of ``Message.ack``."""
         queue = self._queue
-        if queue._ops is not None:
-            with queue._ops:
-                self._settle_now(message, "ack", 0.0, None)
-            return
         if queue._closed:
             self._release_claimed(message)
             raise QueueClosed(f"queue {queue.name!r} is closed; message {message.id} cannot be settled")
@@ -555,10 +560,6 @@ class Consumer(Generic[T]):
         self._settled(message, "ack", 0.0, outcome)
 
     async def _asettle(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
-        with self._queue._ops or NOTHING:
-            await self._asettle_now(message, verb, delay, text)
-
-    async def _asettle_now(self, message: Message[T], verb: Verb, delay: float, text: str | None) -> None:
         queue = self._queue
         if queue._closed:
             if queue._storage.blocking_io:
@@ -571,7 +572,8 @@ class Consumer(Generic[T]):
                 self._settle_call(message, verb, delay, text),
                 (),
                 lambda landed: self._settled_after_cancel(message, verb, delay, landed),
-                lambda: message._unclaim(False),
+                never_ran=lambda: message._unclaim(False),
+                failed=lambda: message._unclaim(False),  # as below, for a caller cancelled meanwhile
             )
         except asyncio.CancelledError:
             raise
@@ -652,8 +654,11 @@ class Consumer(Generic[T]):
     def _renew(self) -> bool:
         """Extend every held message's lease by ``lease`` (the auto-extend keeper's tick).
         Returns whether the consumer still holds messages and wants another tick."""
-        with self._queue._ops or NOTHING:  # a close meanwhile waits for it, not fails it
-            return self._renew_now()
+        try:
+            with self._queue._ops or NOTHING:  # a close meanwhile waits for it, not fails it
+                return self._renew_now()
+        except QueueClosed:
+            return False
 
     def _renew_now(self) -> bool:
         queue = self._queue
@@ -731,9 +736,14 @@ class Consumer(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        if not self._queue._closed:
-            self._release_held()
-        self._queue._channel.close_owner(self)
+        queue = self._queue
+        try:
+            with queue._ops or NOTHING:  # a close of the queue meanwhile waits for these releases
+                if not queue._closed:
+                    self._release_held()
+        except QueueClosed:  # the queue closed its storage: it released what this consumer held
+            pass
+        queue._channel.close_owner(self)
 
     def __enter__(self) -> Consumer[T]:
         return self

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, final
 from typing_extensions import TypeVar
 
 from ._errors import Error, LeaseLost
+from ._operations import NOTHING
 
 if TYPE_CHECKING:
     from ._consumer import Consumer
@@ -161,6 +162,11 @@ class Message(Generic[T]):
     def ack(self) -> None:
         """Done: delete the message. Works after the lease ended, until it is delivered again."""
         consumer = self._consumer
+        if consumer is not None and consumer._queue._ops is not None:
+            with consumer._queue._ops:  # claimed and settled within one operation (see _operations)
+                if self._claim("ack"):
+                    consumer._ack(self)
+            return
         if consumer is not None and not consumer._queue._closed:
             lock = _claim_lock  # acquire/release: half the cost of ``with`` on the per-message path
             lock.acquire()
@@ -181,20 +187,24 @@ class Message(Generic[T]):
         attempt ``max_attempts``; ``error`` is kept as the dead letter's detail."""
         consumer = self._consumer_or_lost()
         delay = consumer._check_delay(delay, error)
-        if self._claim("nack"):
-            consumer._settle(self, "nack", delay, error)
+        with consumer._queue._ops or NOTHING:
+            if self._claim("nack"):
+                consumer._settle(self, "nack", delay, error)
 
     def release(self) -> None:
         """Give the message back, ready at once, without counting this delivery as an attempt."""
-        if self._claim("release"):
-            self._consumer_or_lost()._settle(self, "release", 0.0, None)
+        consumer = self._consumer
+        with NOTHING if consumer is None else consumer._queue._ops or NOTHING:
+            if self._claim("release"):
+                self._consumer_or_lost()._settle(self, "release", 0.0, None)
 
     def reject(self, reason: str | None = None) -> None:
         """Poison: move the message to the dead-letter queue now, with ``reason`` in its headers."""
         consumer = self._consumer_or_lost()
         consumer._check_reason(reason)
-        if self._claim("reject"):
-            consumer._settle(self, "reject", 0.0, reason)
+        with consumer._queue._ops or NOTHING:
+            if self._claim("reject"):
+                consumer._settle(self, "reject", 0.0, reason)
 
     def extend(self, seconds: float) -> float:
         """Keep the lease until now + ``seconds``; return the new end. Raises LeaseLost if the
@@ -211,27 +221,32 @@ class Message(Generic[T]):
         if consumer is not None and not consumer._queue._storage.blocking_io:
             self.ack()  # microseconds: no reason to leave the loop
             return
-        if self._claim("ack"):
-            await self._consumer_or_lost()._asettle(self, "ack", 0.0, None)
+        with NOTHING if consumer is None else consumer._queue._ops or NOTHING:
+            if self._claim("ack"):
+                await self._consumer_or_lost()._asettle(self, "ack", 0.0, None)
 
     async def anack(self, delay: float = 0.0, *, error: str | None = None) -> None:
         """Async :meth:`nack`."""
         consumer = self._consumer_or_lost()
         delay = consumer._check_delay(delay, error)
-        if self._claim("nack"):
-            await consumer._asettle(self, "nack", delay, error)
+        with consumer._queue._ops or NOTHING:
+            if self._claim("nack"):
+                await consumer._asettle(self, "nack", delay, error)
 
     async def arelease(self) -> None:
         """Async :meth:`release`."""
-        if self._claim("release"):
-            await self._consumer_or_lost()._asettle(self, "release", 0.0, None)
+        consumer = self._consumer
+        with NOTHING if consumer is None else consumer._queue._ops or NOTHING:
+            if self._claim("release"):
+                await self._consumer_or_lost()._asettle(self, "release", 0.0, None)
 
     async def areject(self, reason: str | None = None) -> None:
         """Async :meth:`reject`."""
         consumer = self._consumer_or_lost()
         consumer._check_reason(reason)
-        if self._claim("reject"):
-            await consumer._asettle(self, "reject", 0.0, reason)
+        with consumer._queue._ops or NOTHING:
+            if self._claim("reject"):
+                await consumer._asettle(self, "reject", 0.0, reason)
 
     async def aextend(self, seconds: float) -> float:
         """Async :meth:`extend`."""

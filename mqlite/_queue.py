@@ -157,7 +157,7 @@ class Queue(Generic[T]):
             serializer = JSON
         self._storage = storage
         # Operations under way, counted when the queue owns a storage that keeps what it stores.
-        self._ops = Operations(storage) if self._owns_storage and storage.blocking_io else None
+        self._ops = Operations(storage, self._name) if self._owns_storage and storage.blocking_io else None
         self._serializer = serializer
         self._clock: Callable[[], float] = clock or time.time
         self._spec = QueueSpec(self._name, max_attempts, dead_letter, dedup_window)
@@ -257,10 +257,18 @@ class Queue(Generic[T]):
 
     async def _call(self, function: Callable[..., R], *args: Any) -> R:
         """Run a storage call for a coroutine: inline if the storage never blocks, else on the
-        I/O threads. Once started it runs to its end even if the caller is cancelled."""
+        I/O threads. Once submitted it runs to its end even if the caller is cancelled (and
+        the queue counts it as an operation under way until then)."""
         if not self._storage.blocking_io:
             return function(*args)
-        return await asyncio.shield(asyncio.wrap_future(_io_executor(self._storage).submit(function, *args)))
+        future = _io_executor(self._storage).submit(function, *args)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            ops = self._ops
+            if not future.done() and ops is not None and ops.hold():
+                future.add_done_callback(lambda _: ops.release())
+            raise
 
     async def _call_landing(
         self,
@@ -268,11 +276,14 @@ class Queue(Generic[T]):
         args: tuple[Any, ...],
         landed: Callable[[R], None],
         never_ran: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
     ) -> R:
         """Like :meth:`_call`, for a call whose effect others must hear about. If the caller is
         cancelled while the call runs, the call still finishes and ``landed(result)`` runs then
-        (give back a lease, wake getters for a put, account for a settle); if it was cancelled
-        before it started, nothing happened and ``never_ran()`` runs."""
+        (give back a lease, wake getters for a put, account for a settle), or ``failed()`` if it
+        raised (undo a claim); if it was cancelled before it started, nothing happened and
+        ``never_ran()`` runs. Until then the queue counts the operation as under way, so
+        closing a storage it owns waits for that accounting."""
         if not self._storage.blocking_io:
             return function(*args)
         pool = _io_executor(self._storage)
@@ -283,16 +294,18 @@ class Queue(Generic[T]):
             if future.cancel():
                 if never_ran is not None:
                     never_ran()
-            elif future.done():
+                raise
+            held = self._ops if self._ops is not None and self._ops.hold() else None
+            if future.done():
                 # It finished as its caller was cancelled: account for it now, before the
                 # cancellation goes on (a get retried at once must find the message given back),
                 # and on an I/O thread, since ``landed`` may make storage calls that block.
-                accounted = pool.submit(_after_cancel, future, landed)
+                accounted = pool.submit(_after_cancel, future, landed, failed, held)
                 await asyncio.shield(asyncio.wrap_future(accounted))
             else:
                 # Submitted, not run here: a call that ends just now runs its callbacks on this
                 # (the loop's) thread, and ``landed`` may block.
-                future.add_done_callback(lambda done: pool.submit(_after_cancel, done, landed))
+                future.add_done_callback(lambda done: pool.submit(_after_cancel, done, landed, failed, held))
             raise
 
     # -- producing ----------------------------------------------------------------------------
@@ -709,7 +722,8 @@ class Queue(Generic[T]):
                 self._storage.ack,
                 (self._name, handles, self._clock()),
                 lambda landed: self._acked(batch, landed, quiet=True),
-                unclaim,
+                never_ran=unclaim,
+                failed=unclaim,
             )
         except asyncio.CancelledError:
             raise
@@ -894,12 +908,15 @@ class Queue(Generic[T]):
         every blocked call with :class:`QueueClosed`, and close the storage if the queue made
         it. Messages stay stored. Idempotent."""
         if self._closed:
+            if self._ops is not None and asyncio._get_running_loop() is None:
+                self._ops.close_storage(wait=True)  # return once the first close() closed the storage
             return
         self._closed = True  # first: a get or a verb racing with close sees it after its step
         consumers = [self._default, *list(self._consumers)]
         try:
-            for consumer in consumers:
-                consumer._release_held()
+            with self._ops or NOTHING:  # counted: another close() waits for these releases too
+                for consumer in consumers:
+                    consumer._release_held()
         finally:
             for consumer in consumers:
                 self._channel.close_owner(consumer)
@@ -942,11 +959,24 @@ def _defaults(delay: object, priority: object, group: object, dedup_key: object,
     )
 
 
-def _after_cancel(done: concurrent.futures.Future[R], landed: Callable[[R], None]) -> None:
-    """Done-callback of a storage call whose caller was cancelled: account for its effect."""
-    if done.cancelled() or done.exception() is not None:
-        return
+def _after_cancel(
+    done: concurrent.futures.Future[R],
+    landed: Callable[[R], None],
+    failed: Callable[[], None] | None,
+    held: Operations | None,
+) -> None:
+    """Account for the effect of a storage call whose caller was cancelled (on an I/O thread),
+    then end the operation ``held`` for it."""
     try:
+        if done.cancelled():
+            return
+        if done.exception() is not None:
+            if failed is not None:
+                failed()
+            return
         landed(done.result())
     except Exception:
         log.exception("mqlite: could not account for a storage call whose caller was cancelled")
+    finally:
+        if held is not None:
+            held.release()

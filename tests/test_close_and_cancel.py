@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import queue as stdlib_queue
 import random
 import sys
@@ -289,6 +290,183 @@ def test_close_waits_for_an_ack_under_way_before_closing_its_storage(tmp_path, k
     storage = reopen()
     assert storage.peek("x", 5, time.time()) == []
     storage.close()
+
+
+def _in_flight_after_reopening(reopen: Callable[[], mqlite.Storage]) -> tuple[int, list[int]]:
+    """(messages in flight, attempts of each message) once the storage is opened again."""
+    storage = reopen()
+    try:
+        return storage.stats("x", time.time()).in_flight, [m.attempts for m in storage.peek("x", 5, time.time())]
+    finally:
+        storage.close()
+
+
+def _paused(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> tuple[threading.Event, threading.Event]:
+    """Pause every call of ``target.name`` (a class or an instance) until ``go`` is set;
+    ``reached`` is set when the first arrives."""
+    reached, go = threading.Event(), threading.Event()
+    real = getattr(target, name)
+
+    def pause(*args: object) -> object:
+        reached.set()
+        assert go.wait(TIMEOUT)
+        return real(*args)
+
+    monkeypatch.setattr(target, name, pause)
+    return reached, go
+
+
+@pytest.mark.parametrize("verb", ["ack", "nack", "release"])
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_verb_that_claimed_its_message_as_close_began_settles_or_releases_it_before_the_storage_closes(
+    tmp_path, monkeypatch, kind, verb
+):
+    """The verb has claimed the message (so close leaves it to the verb) and is about to call
+    the storage when close() runs: close must wait for it; the message ends settled, or back
+    ready with no attempt counted, never left in flight."""
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    message = q.get()
+    reached, go = _paused(monkeypatch, mqlite.Consumer, "_ack" if verb == "ack" else "_settle")
+    settling = start_thread(getattr(message, verb), name="verb")
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the verb")
+    go.set()
+    with pytest.raises(mqlite.QueueClosed):
+        settling.finish()
+    closer.finish()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_get_that_checked_the_queue_open_as_close_began_raises_queue_closed(tmp_path, monkeypatch, kind):
+    """Not StorageError from a storage closed under it: a worker's `for msg in consumer` ends."""
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    reached, go = _paused(monkeypatch, mqlite.Consumer, "_take")
+    getter = start_thread(q.get, name="getter")
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the get")
+    go.set()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.finish()
+    closer.finish()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_consumer_closing_as_its_queue_closes_gives_its_messages_back(tmp_path, monkeypatch, kind):
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    consumer = q.consumer()
+    consumer.get()
+    reached, go = _paused(monkeypatch, q.storage, "release")
+    closing = start_thread(consumer.close, name="consumer close")
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the consumer")
+    go.set()
+    closing.finish()
+    closer.finish()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_an_aget_cancelled_while_its_lease_runs_gives_the_message_back_before_the_storage_closes(
+    tmp_path, monkeypatch, kind
+):
+    url, reopen = _owned(kind, str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    reached, go = _paused(monkeypatch, q.storage, "lease")
+    loop = LoopThread()
+    getter = loop.submit(q.aget())
+    assert reached.wait(TIMEOUT)
+    getter.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        getter.result(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the lease's give-back")
+    go.set()
+    closer.finish()
+    loop.close()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
+
+
+def test_an_aack_cancelled_while_its_call_runs_and_then_fails_can_be_acked_again(monkeypatch):
+    """As without the cancellation: the failed call undoes the claim, so a retry acks."""
+    storage = FailingStorage({"ack": {1}}, blocking_io=True)
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=storage)
+    q.put("m")
+    message = q.get()
+    reached, go = _paused(monkeypatch, storage, "ack")
+    loop = LoopThread()
+    acking = loop.submit(message.aack())
+    assert reached.wait(TIMEOUT)
+    acking.cancel()
+    go.set()
+    wait_until(lambda: message._settled is None, what="the failed ack to give up its claim")
+    monkeypatch.undo()
+    message.ack()
+    assert q.stats().in_flight == 0
+    loop.close()
+    q.close()
+
+
+def test_a_second_close_returns_only_once_the_first_closed_the_storage(tmp_path, monkeypatch):
+    """Two shutdown paths close one queue: the second must not return while the storage is
+    still open (reopening the directory then would meet StorageLocked)."""
+    url, reopen = _owned("file", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    reached, go = _paused(monkeypatch, q.storage, "lease")
+    getter = start_thread(q.get, name="getter")
+    assert reached.wait(TIMEOUT)
+    first = start_thread(q.close, name="first close")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="the first close to wait for the get")
+    second = start_thread(q.close, name="second close")
+    second.join(0.5)
+    assert second.is_alive(), "the second close() returned while the storage was still open"
+    go.set()
+    second.finish()
+    assert q.storage._closed
+    reopen().close()
+    first.finish()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.finish()
+
+
+def test_a_get_from_the_prefetch_buffer_as_close_releases_it_raises_queue_closed(monkeypatch):
+    """The buffered message was released by close (ready again, maybe with someone else now):
+    the get must not hand it out."""
+    from mqlite._message import Message
+
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=mqlite.MemoryStorage(), lease=600.0)
+    q.put_many(["a", "b"])
+    consumer = q.consumer(prefetch=2)
+    assert consumer.get().body == "a"  # "b" waits in the buffer
+    popped, go = threading.Event(), threading.Event()
+    real = Message._lease_ended
+
+    def lease_ended(self: Message[str], now: float) -> bool:
+        if threading.current_thread().name == "getter" and not popped.is_set():
+            popped.set()  # "b" is off the buffer, still held
+            assert go.wait(TIMEOUT)
+        return real(self, now)
+
+    monkeypatch.setattr(Message, "_lease_ended", lease_ended)
+    getter = start_thread(consumer.get, name="getter")
+    assert popped.wait(TIMEOUT)
+    q.close()
+    go.set()
+    with pytest.raises(mqlite.QueueClosed):
+        getter.finish()
+    assert q.storage.peek("x", 5, time.time())[1].attempts == 0
 
 
 def test_a_storage_passed_in_stays_open():
