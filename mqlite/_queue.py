@@ -430,7 +430,7 @@ class Queue(Generic[T]):
                         channel.notify(channel.putters, 1, True)
                     return ids
                 if woken:
-                    channel.pass_room(len(envelopes))
+                    channel.pass_room(len(envelopes), relay)
                 remaining = self._room_wait_time(block, deadline)
                 remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
             except BaseException as error:
@@ -470,7 +470,7 @@ class Queue(Generic[T]):
                         channel.notify(channel.putters, 1, True)
                     return ids
                 if woken:
-                    channel.pass_room(len(envelopes))
+                    channel.pass_room(len(envelopes), relay)
                 remaining = self._room_wait_time(True, deadline)
                 remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
             except BaseException as error:

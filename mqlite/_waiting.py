@@ -136,7 +136,13 @@ class Channel:
         if waiters is self.getters and waiter.wake_at < self.timer_at:
             self.timer_at = waiter.wake_at
         if self.kick is not None:
-            self.kick()
+            try:
+                self.kick()
+            except BaseException:  # no watcher could start: the caller fails, leaving no waiter behind
+                waiters.remove(waiter)
+                if waiters is self.getters:
+                    self._retime()
+                raise
 
     def withdraw(self, waiters: deque[Waiter], waiter: Waiter, pass_on: bool) -> bool:
         """Take back a waiter that stops waiting; return whether it had been notified. If it
@@ -156,20 +162,22 @@ class Channel:
             self.notify(waiters, 1, waiter.relay)
         return notified
 
-    def pass_room(self, need: int) -> None:
+    def pass_room(self, need: int, relay: bool = False) -> None:
         """A woken putter needing ``need`` places found too little room: wake the first putter
-        that needs fewer, which may fit. Needs strictly decrease along a chain of passes, so
-        passing always ends."""
+        that needs fewer, which may fit (as a relay, if it was one: another process made the
+        room, and whoever fits must pass the wake-up on). Needs strictly decrease along a chain
+        of passes, so passing always ends."""
         chosen: list[Waiter] = []
         with self.mutex:
             for waiter in self.putters:
                 if waiter.need < need:
                     self.putters.remove(waiter)
                     waiter.notified = True
+                    waiter.relay = relay
                     chosen.append(waiter)
                     break
         if chosen:
-            self._wake(self.putters, chosen)
+            self._wake(self.putters, chosen, relay)
 
     def _retime(self) -> None:
         self.timer_at = min((w.wake_at for w in self.getters), default=NEVER)

@@ -14,9 +14,10 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import pytest
-from _doubles import TIMEOUT, async_wait_until, wait_until
+from _doubles import TIMEOUT, LoopThread, async_wait_until, start_thread, wait_until
 from hypothesis import settings
 
 import mqlite
@@ -380,13 +381,165 @@ def test_the_watcher_looks_only_while_someone_waits_and_sees_every_change(tmp_pa
     owner.version = 1
     wait_until(lambda: changes == [0, 1], what="the change seen")
     waiting.clear()
-    wait_until(lambda: not watcher._running, what="the thread to end while nobody waits")
+    wait_until(lambda: watcher._thread is None, what="the thread to end while nobody waits")
     owner.version = 2  # while nobody waited and no thread ran
     waiting.set()
     watcher.kick()
     wait_until(lambda: changes == [0, 1, 2], what="the change made in the pause")
     watcher.stop()
-    wait_until(lambda: not watcher._running, what="the thread to end at stop")
+    wait_until(lambda: watcher._thread is None, what="the thread to end at stop")
+
+
+def test_the_watcher_backs_off_while_changes_bring_nothing_here_and_looks_often_while_leases_find_messages(
+    monkeypatch,
+):
+    """Another process busy with a queue nobody here waits on changes the database at every look:
+    waking the waiters each time is needed, but looking every millisecond is not; a lease that
+    found messages (traffic for this process) brings the next look back to 1 ms."""
+    from mqlite.storage import _watcher
+
+    class Owner:
+        version = 0
+
+        def read(self) -> int:
+            self.version += 1  # someone else commits between every two looks
+            return self.version
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(_watcher.time, "sleep", lambda seconds: sleeps.append(seconds))
+    owner = Owner()
+    waiting = threading.Event()
+    waiting.set()
+    changes: list[int] = []
+    watcher = _watcher.Watcher(owner, "read", 0.05, [(lambda: changes.append(1), waiting.is_set)])
+    watcher.kick()
+    wait_until(lambda: len(sleeps) >= 9, what="nine looks")
+    mark = len(sleeps)
+    watcher.found()
+    wait_until(lambda: len(sleeps) >= mark + 3, what="three more looks")
+    watcher.stop()
+    wait_until(lambda: watcher._thread is None, what="the thread to end")
+    assert [round(s, 3) for s in sleeps[:9]] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05, 0.05]
+    assert 0.001 in sleeps[mark : mark + 3]  # restarted by found()
+    assert len(changes) >= 11  # every look saw a change and woke the waiters
+
+
+def test_a_kick_as_the_idle_watcher_decides_to_end_starts_it_again(monkeypatch):
+    """The thread, idle, checks under its lock that no kick came; a kick at that moment used to
+    see the thread still running and return, and the thread then ended: nobody looked."""
+    from mqlite.storage._watcher import Watcher
+
+    class PausingEvent(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            self.checking, self.resume = threading.Event(), threading.Event()
+
+        def is_set(self) -> bool:
+            value = super().is_set()
+            if not value and threading.current_thread().name == "mqlite-watcher" and not self.checking.is_set():
+                self.checking.set()
+                assert self.resume.wait(TIMEOUT)
+            return value
+
+    class Owner:
+        looks = 0
+
+        def read(self) -> int:
+            self.looks += 1
+            return 0
+
+    owner = Owner()
+    waiting = threading.Event()
+    watcher = Watcher(owner, "read", 0.002, [(lambda: None, waiting.is_set)], idle_exit=0.01)
+    watcher._kicked = PausingEvent()
+    watcher.kick()  # nobody waits: the thread idles, then checks whether it may end
+    assert watcher._kicked.checking.wait(TIMEOUT)
+    waiting.set()
+    kicker = threading.Thread(target=watcher.kick)  # a caller starts waiting just then
+    kicker.start()
+    watcher._kicked.resume.set()
+    kicker.join(TIMEOUT)
+    looks = owner.looks
+    wait_until(lambda: owner.looks > looks + 2, what="looks for the new waiter")
+    watcher.stop()
+
+
+def test_a_watcher_that_cannot_start_leaves_no_waiter_behind_and_starts_at_the_next_wait(tmp_path, monkeypatch):
+    """Thread.start failing (a thread limit) made the get raise with its waiter left in the
+    deque, swallowing later wake-ups, and no watcher ever started again."""
+    path = tmp_path / "q.db"
+    with SQLiteStorage(path, durability="normal") as storage, SQLiteStorage(path, durability="normal") as other:
+        q: mqlite.Queue[str] = mqlite.Queue("jobs", storage)
+        real_start = threading.Thread.start
+        failed: list[str] = []
+
+        def start(self: threading.Thread) -> None:
+            if self.name == "mqlite-watcher" and not failed:
+                failed.append(self.name)
+                raise RuntimeError("can't start new thread")
+            real_start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            q.get(timeout=TIMEOUT)
+        assert not q._channel.getters
+        getter = threading.Thread(target=lambda: failed.append(q.get(timeout=TIMEOUT * 3).body))
+        getter.start()
+        wait_until(lambda: len(q._channel.getters) == 1, what="the getter asleep")
+        mqlite.Queue("jobs", other).put("from elsewhere")
+        getter.join(TIMEOUT * 3)
+        assert failed == ["mqlite-watcher", "from elsewhere"]
+        q.close()
+
+
+@pytest.mark.parametrize("how", ["threads", "coroutines"])
+def test_room_made_elsewhere_is_relayed_past_a_putter_that_does_not_fit(tmp_path, how):
+    """Three putters wait on a full queue (maxsize 3), a batch of three first; another connection
+    takes two. The batch cannot fit and passes the wake-up to the next putter, which fits: it
+    must pass it on too, or the third putter sleeps although a place is free."""
+    path = tmp_path / "q.db"
+    with SQLiteStorage(path, durability="normal") as storage, SQLiteStorage(path, durability="normal") as other:
+        q: mqlite.Queue[int] = mqlite.Queue("jobs", storage, maxsize=3)
+        q.put_many([0, 1, 2])
+        channel = q._channel
+        looks: list[int] = []
+        real_version = storage._data_version
+
+        def counted() -> tuple[int, int]:
+            looks.append(1)
+            return real_version()
+
+        storage._data_version = counted  # type: ignore[method-assign]
+        loop = LoopThread() if how == "coroutines" else None
+
+        def start(call: Any, *args: object) -> Any:
+            if loop is not None:
+                return loop.submit(getattr(q, "a" + call.__name__)(*args))
+            return start_thread(call, *args)
+
+        def finish(worker: Any) -> object:
+            return worker.result(TIMEOUT) if loop is not None else worker.finish()
+
+        big = start(q.put_many, [10, 11, 12])
+        wait_until(lambda: len(channel.putters) == 1, what="the batch asleep")
+        # the watcher's first look counts as a change and wakes the batch once: let that pass
+        wait_until(lambda: len(looks) >= 2 and len(channel.putters) == 1, what="the batch asleep again")
+        small = [start(q.put, 20), None]
+        wait_until(lambda: len(channel.putters) == 2, what="the first small put asleep")
+        small[1] = start(q.put, 21)
+        wait_until(lambda: len(channel.putters) == 3, what="the second small put asleep")
+        assert [w.need for w in channel.putters] == [3, 1, 1]
+        taker: mqlite.Queue[int] = mqlite.Queue("jobs", other, maxsize=3)
+        for message in taker.get_many(2):
+            message.ack()
+        finish(small[0])
+        finish(small[1])
+        assert q.qsize() == 3
+        q.close()  # the batch can never fit now
+        with pytest.raises(mqlite.QueueClosed):
+            finish(big)
+        if loop is not None:
+            loop.close()
 
 
 # -- group commit ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ blocked caller looked for itself, each on its own timer, fifty idle consumers wo
 looks per poll period, and a third of a core would go to waiting. A :class:`Watcher` looks
 once per period for all of them: while anyone in this process waits (``waiting()``), it asks
 the storage's ``version()`` (a number that changes when another process commits) with a
-backoff from 1 ms to ``interval``, restarted by every change seen, and calls ``changed()``
-(which wakes waiters to look again) when it moved.
+backoff from 1 ms to ``interval``, restarted whenever a lease found messages (:meth:`found`),
+and calls ``changed()`` (which wakes waiters to look again) when it moved.
 
 No change is missed: every look compares with the one before (pauses while nobody waits
 included), and the first look of a thread counts as a change, so a commit made between a
@@ -49,19 +49,30 @@ class Watcher:
         self._interval = interval
         self._subscribers = subscribers
         self._idle_exit = idle_exit
-        self._lock = threading.Lock()  # guards _running against a kick racing the thread's exit
+        self._lock = threading.Lock()  # guards _thread: a kick racing the thread's exit starts a new one
         self._kicked = threading.Event()
-        self._running = False
+        self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._found = False  # a lease found messages since the last look: keep looking often
 
     def kick(self) -> None:
         """A caller of this process starts waiting: look from now on (start the thread)."""
         self._kicked.set()
-        if not self._running:
-            with self._lock:
-                if not self._running and not self._stopped.is_set():
-                    self._running = True
-                    threading.Thread(target=self._run, name="mqlite-watcher", daemon=True).start()
+        with self._lock:
+            if self._thread is not None or self._stopped.is_set():
+                return
+            thread = self._thread = threading.Thread(target=self._run, name="mqlite-watcher", daemon=True)
+            try:
+                thread.start()
+            except BaseException:  # no thread (a limit reached): the next kick tries again
+                self._thread = None
+                raise
+
+    def found(self) -> None:
+        """A lease of this process found messages: traffic, so look again soon (1 ms) rather
+        than backing off. Changes elsewhere that wake waiters who then find nothing (another
+        queue's traffic) let the backoff grow, as before this watcher each waiter's own did."""
+        self._found = True
 
     def stop(self) -> None:
         """The storage closed: end the thread at its next turn."""
@@ -86,11 +97,10 @@ class Watcher:
             while not self._stopped.is_set():
                 self._kicked.clear()  # before reading waiting(): a later kick is never lost
                 if not self._waiting():  # the last look stays the baseline: the next sees what came since
-                    polls = 0
                     if not self._kicked.wait(self._idle_exit):
                         with self._lock:
                             if not self._kicked.is_set():  # no caller came: leave; a kick restarts
-                                self._running = False
+                                self._thread = None
                                 return
                     continue
                 time.sleep(min(self._interval, 0.001 * (1 << min(polls, 20))))
@@ -107,10 +117,12 @@ class Watcher:
                 del owner
                 if fresh or version != seen:
                     self._changed()
-                    polls = 20 if failed else 0
+                if self._found and not failed:
+                    self._found, polls = False, 0
                 else:
-                    polls += 1
+                    polls = 20 if failed else polls + 1
                 seen, fresh = version, False
         finally:
             with self._lock:
-                self._running = False
+                if self._thread is threading.current_thread():  # not a successor a kick started
+                    self._thread = None

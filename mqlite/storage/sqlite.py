@@ -524,6 +524,8 @@ class SQLiteStorage(Combiner, Storage):
             self._cached_at = self._writes
             return []
         self._writes += 1
+        if self._watcher is not None:
+            self._watcher.found()
         self._lower_bound(qid, expires_at)
         if len(rows) > 1:  # RETURNING gives no order
             rows.sort(key=lambda row: (-row[5], row[0]))
