@@ -3,10 +3,11 @@
 The storage machine (``mqlite.testing``) proves storages keep the delivery rules; this one drives
 what the front adds on top of a storage - prefetch buffers, each delivery's settle state, held
 counts, maxsize and dedup at put, ``consumer.close()``, a dead-letter queue's view of deaths by
-lease end - through the public API only, single-threaded, on one ``MemoryStorage`` and a
-``FakeClock``. Every front call is mirrored as the storage calls it stands for on a
-:class:`ReferenceModel` (the oracle); the front's own bookkeeping (a consumer's buffer, each
-delivery's settled state) is mirrored here in a few lines. Time is applied to every queue of
+lease end - through the public API only, single-threaded, on one ``MemoryStorage`` (and the
+same machine on an ``SQLiteStorage`` and a ``FileStorage``) and a ``FakeClock``. Every front
+call is mirrored as the storage calls it stands for on a :class:`ReferenceModel` (the oracle);
+the front's own bookkeeping (a consumer's buffer, each delivery's settled state) is mirrored
+here in a few lines. Time is applied to every queue of
 the model at every step, as the contract says: a lease that ends unsettled fails at that
 moment, whoever calls next. Independent checks on top: no two live deliveries of one id or one
 group, batches in priority-then-id order, Full exactly at qsize() >= maxsize, nothing lost.
@@ -15,6 +16,7 @@ group, batches in priority-then-id order, Full exactly at qsize() >= maxsize, no
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,10 +106,14 @@ class FrontMachine(RuleBasedStateMachine):
     takers = Bundle("takers")
     deliveries = Bundle("deliveries")
 
+    def make_storage(self) -> mqlite.storage.Storage:
+        """The storage the fronts share (the subclasses below run the machine on the others)."""
+        return mqlite.MemoryStorage()
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.storage = mqlite.MemoryStorage()
+        self.storage = self.make_storage()
         self.model = ReferenceModel()
         self.fronts: list[Front] = []
         self.all_takers: list[Taker] = []
@@ -692,6 +698,10 @@ class FrontMachine(RuleBasedStateMachine):
             for front in self.fronts:
                 front.queue.close()
             self.storage.close()
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove what the storage left on disk (none for memory)."""
 
     def _drain(self) -> None:
         self.clock.advance(FAR)
@@ -724,3 +734,31 @@ class FrontMachine(RuleBasedStateMachine):
 
 TestFrontMachine = FrontMachine.TestCase
 TestFrontMachine.settings = settings(stateful_step_count=50, deadline=None)
+
+
+class _OnDisk(FrontMachine):
+    """The same machine on a persistent storage: serialized bodies, its own caches and
+    records under the front (one process: no cross-process polling)."""
+
+    directory: tempfile.TemporaryDirectory[str]
+
+    def cleanup(self) -> None:
+        self.directory.cleanup()
+
+
+class SQLiteFrontMachine(_OnDisk):
+    def make_storage(self) -> mqlite.storage.Storage:
+        self.directory = tempfile.TemporaryDirectory(prefix="mqlite-front-")
+        return mqlite.SQLiteStorage(f"{self.directory.name}/q.db", durability="normal", poll_interval=None)
+
+
+class FileFrontMachine(_OnDisk):
+    def make_storage(self) -> mqlite.storage.Storage:
+        self.directory = tempfile.TemporaryDirectory(prefix="mqlite-front-")
+        return mqlite.FileStorage(f"{self.directory.name}/log", durability="normal")
+
+
+TestSQLiteFrontMachine = SQLiteFrontMachine.TestCase
+TestSQLiteFrontMachine.settings = settings(stateful_step_count=50, deadline=None)
+TestFileFrontMachine = FileFrontMachine.TestCase
+TestFileFrontMachine.settings = settings(stateful_step_count=50, deadline=None)
