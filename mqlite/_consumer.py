@@ -641,14 +641,16 @@ class Consumer(Generic[T]):
 
     def _extend(self, message: Message[T], seconds: float) -> float:
         seconds = _validate.seconds("seconds", seconds)
-        self._queue._check_open()
-        outcome, expires = self._extend_call(message, seconds)()
+        with self._queue._ops or NOTHING:
+            self._queue._check_open()
+            outcome, expires = self._extend_call(message, seconds)()
         return self._extended(message, outcome, expires)
 
     async def _aextend(self, message: Message[T], seconds: float) -> float:
         seconds = _validate.seconds("seconds", seconds)
-        self._queue._check_open()
-        outcome, expires = await self._queue._call(self._extend_call(message, seconds))
+        with self._queue._ops or NOTHING:
+            self._queue._check_open()
+            outcome, expires = await self._queue._call(self._extend_call(message, seconds))
         return self._extended(message, outcome, expires)
 
     def _renew(self) -> bool:

@@ -212,6 +212,7 @@ class Message(Generic[T]):
         consumer = self._consumer_or_lost()
         consumer._queue._check_open()
         if self._settled is not None:
+            consumer._queue._check_open()  # released by a close that began meanwhile: say so
             raise LeaseLost(f"message {self.id} was already settled with {self._settled}()")
         return consumer._extend(self, seconds)
 
@@ -253,6 +254,7 @@ class Message(Generic[T]):
         consumer = self._consumer_or_lost()
         consumer._queue._check_open()
         if self._settled is not None:
+            consumer._queue._check_open()  # released by a close that began meanwhile: say so
             raise LeaseLost(f"message {self.id} was already settled with {self._settled}()")
         return await consumer._aextend(self, seconds)
 

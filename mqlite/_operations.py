@@ -14,6 +14,7 @@ would start after that raises :class:`QueueClosed`: close has released what it h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -36,12 +37,25 @@ _every: weakref.WeakSet[Operations] = weakref.WeakSet()
 class Operations:
     """A count of the queue's operations under way on its own storage (``with operations:``)."""
 
-    __slots__ = ("__weakref__", "_closed", "_closing", "_count", "_done", "_finished", "_name", "_storage")
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_closing",
+        "_count",
+        "_done",
+        "_finished",
+        "_name",
+        "_storage",
+        "_watchers",
+    )
 
     def __init__(self, storage: Storage, name: str) -> None:
         self._storage = storage
         self._name = name
-        self._done = threading.Condition(threading.Lock())
+        # Reentrant: release() may run from a finalizer (an abandoned coroutine inside an
+        # operation, collected) on a thread that holds it already.
+        self._done = threading.Condition(threading.RLock())
+        self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._count = 0
         self._closing = False  # close() was called
         self._closed = False  # closing the storage was decided: no operation may start
@@ -83,8 +97,9 @@ class Operations:
     def close_storage(self, wait: bool) -> None:
         """Close the storage once no operation is under way. With ``wait``, wait for them (at
         most :data:`CLOSE_GRACE`), also when another close() got here first; without (close()
-        called on an event loop, whose coroutines may be the ones under way), leave the closing
-        to the last of them."""
+        called on an event loop, whose coroutines may be the ones under way, or on an I/O
+        thread for ``aclose``, which waits with :meth:`finished`), leave the closing to the
+        last of them."""
         with self._done:
             self._closing = True
             if wait:
@@ -97,6 +112,26 @@ class Operations:
             self._closed = True
         self._close()
 
+    async def finished(self) -> None:
+        """Await the storage's close (``aclose``): without holding a thread, since the
+        operations it waits for may need the I/O threads; after :data:`CLOSE_GRACE`, close it
+        all the same (on an I/O thread of the caller's choosing: here, the loop's default)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._done:
+            if self._finished:
+                return
+            self._watchers.append((loop, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), CLOSE_GRACE)
+        except TimeoutError:
+            with self._done:
+                late = not self._closed
+                if late:
+                    self._closed = True
+            if late:
+                await loop.run_in_executor(None, self._close)
+
     def _close(self) -> None:
         try:
             self._storage.close()
@@ -104,11 +139,24 @@ class Operations:
             with self._done:
                 self._finished = True
                 self._done.notify_all()
+                watchers, self._watchers = self._watchers, []
+            for loop, future in watchers:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody awaits
+                    loop.call_soon_threadsafe(_resolve, future)
 
     def _forked(self) -> None:
-        """In a child after fork: the threads whose operations were counted do not exist here."""
-        self._done = threading.Condition(threading.Lock())
+        """In a child after fork: the threads whose operations were counted, or that were
+        closing the storage, do not exist here."""
+        self._done = threading.Condition(threading.RLock())
         self._count = 0
+        self._watchers = []
+        if self._closed:
+            self._finished = True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _reset_in_child() -> None:

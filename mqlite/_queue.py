@@ -418,21 +418,22 @@ class Queue(Generic[T]):
         woken = relay = False
         while True:
             try:
-                self._check_open()
-                epoch = channel.epoch
-                now = self._clock()
-                if self._maxsize and channel.feeders:  # the room left counts deaths due by now
-                    self._feed(now)
-                ids = self._storage.put(self._name, envelopes, now, self._maxsize)
-                if ids is not None:
-                    self._announce(envelopes, now)
-                    if relay:  # another process made room, maybe for more: pass the wake-up on
-                        channel.notify(channel.putters, 1, True)
-                    return ids
-                if woken:
-                    channel.pass_room(len(envelopes), relay)
-                remaining = self._room_wait_time(block, deadline)
-                remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
+                with self._ops or NOTHING:  # each attempt, not the sleep
+                    self._check_open()
+                    epoch = channel.epoch
+                    now = self._clock()
+                    if self._maxsize and channel.feeders:  # the room left counts deaths due by now
+                        self._feed(now)
+                    ids = self._storage.put(self._name, envelopes, now, self._maxsize)
+                    if ids is not None:
+                        self._announce(envelopes, now)
+                        if relay:  # another process made room, maybe for more: pass the wake-up on
+                            channel.notify(channel.putters, 1, True)
+                        return ids
+                    if woken:
+                        channel.pass_room(len(envelopes), relay)
+                    remaining = self._room_wait_time(block, deadline)
+                    remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1, relay)  # this caller cannot use its wake-up
@@ -456,23 +457,26 @@ class Queue(Generic[T]):
         woken = relay = False
         while True:
             try:
-                self._check_open()
-                epoch = channel.epoch
-                now = self._clock()
-                if self._maxsize and channel.feeders:  # the room left counts deaths due by now
-                    await self._call(self._feed, now)
-                ids = await self._call_landing(
-                    self._storage.put, (self._name, envelopes, now, self._maxsize), self._announcer(envelopes, now)
-                )
-                if ids is not None:
-                    self._announce(envelopes, now)
-                    if relay:  # another process made room, maybe for more: pass the wake-up on
-                        channel.notify(channel.putters, 1, True)
-                    return ids
-                if woken:
-                    channel.pass_room(len(envelopes), relay)
-                remaining = self._room_wait_time(True, deadline)
-                remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
+                with self._ops or NOTHING:  # each attempt, not the sleep
+                    self._check_open()
+                    epoch = channel.epoch
+                    now = self._clock()
+                    if self._maxsize and channel.feeders:  # the room left counts deaths due by now
+                        await self._call(self._feed, now)
+                    ids = await self._call_landing(
+                        self._storage.put,
+                        (self._name, envelopes, now, self._maxsize),
+                        self._announcer(envelopes, now),
+                    )
+                    if ids is not None:
+                        self._announce(envelopes, now)
+                        if relay:  # another process made room, maybe for more: pass the wake-up on
+                            channel.notify(channel.putters, 1, True)
+                        return ids
+                    if woken:
+                        channel.pass_room(len(envelopes), relay)
+                    remaining = self._room_wait_time(True, deadline)
+                    remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1, relay)
@@ -539,6 +543,7 @@ class Queue(Generic[T]):
             and priority.__class__ is int
             and priority == 0
             and not self._closed
+            and self._ops is None  # a storage the queue owns: each put counted (_put_sync)
             and not (self._maxsize and self._channel.feeders)  # room in a dead-letter queue: _put_sync
         ):  # the fast path: default options (_defaults, inline), one attempt; the envelope is
             # built as Envelope(data) would be, minus the namedtuple's Python-level __new__
@@ -781,11 +786,12 @@ class Queue(Generic[T]):
 
     def qsize(self) -> int:
         """How many messages wait to be delivered: ready plus delayed (not in flight)."""
-        self._check_open()
-        now = self._clock()
-        if self._channel.feeders:
-            self._feed(now)
-        ready, delayed, _ = self._storage.counts(self._name, now)
+        with self._ops or NOTHING:  # counted, as every call that reaches the storage (_operations)
+            self._check_open()
+            now = self._clock()
+            if self._channel.feeders:
+                self._feed(now)
+            ready, delayed, _ = self._storage.counts(self._name, now)
         return ready + delayed
 
     def __len__(self) -> int:
@@ -802,30 +808,33 @@ class Queue(Generic[T]):
 
     def stats(self) -> QueueStats:
         """Counts of ready, delayed, in-flight and dead messages, and the oldest ready age."""
-        self._check_open()
-        now = self._clock()
-        if self._channel.feeders:
-            self._feed(now)
-        return self._storage.stats(self._name, now)
+        with self._ops or NOTHING:
+            self._check_open()
+            now = self._clock()
+            if self._channel.feeders:
+                self._feed(now)
+            return self._storage.stats(self._name, now)
 
     def peek(self, n: int = 1) -> list[Message[T]]:
         """Up to ``n`` unsettled messages in the order they would be delivered if all were
         eligible now, leasing nothing; their settle verbs raise :class:`LeaseLost`."""
         n = _validate.count("n", n, minimum=0)
-        self._check_open()
-        now = self._clock()
-        if self._channel.feeders:
-            self._feed(now)
-        records = self._storage.peek(self._name, n, now)
+        with self._ops or NOTHING:
+            self._check_open()
+            now = self._clock()
+            if self._channel.feeders:
+                self._feed(now)
+            records = self._storage.peek(self._name, n, now)
         return [Message(record, self._decode(record), None) for record in records]
 
     def purge(self) -> int:
         """Delete every ready and delayed message (not those in flight); return how many."""
-        self._check_open()
-        now = self._clock()
-        if self._channel.feeders:
-            self._feed(now)
-        removed = self._storage.purge(self._name, now)
+        with self._ops or NOTHING:
+            self._check_open()
+            now = self._clock()
+            if self._channel.feeders:
+                self._feed(now)
+            removed = self._storage.purge(self._name, now)
         self._channel.changed(0, room=removed, settled=True)
         return removed
 
@@ -834,8 +843,9 @@ class Queue(Generic[T]):
         under their ids and with attempts reset; return how many moved."""
         if max_messages is not None:
             _validate.count("max_messages", max_messages, minimum=0)
-        self._check_open()
-        moved = self._storage.redrive(self._name, self._clock(), max_messages)
+        with self._ops or NOTHING:
+            self._check_open()
+            moved = self._storage.redrive(self._name, self._clock(), max_messages)
         if moved:
             self._channel.changed(moved)
             self._dead_channel().changed(0, room=moved, settled=True)
@@ -855,14 +865,15 @@ class Queue(Generic[T]):
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            if not self._unsettled():
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0.0:
-                return False
-            wake_at = self._storage.next_wakeup(self._name, self._clock())
+            with self._ops or NOTHING:  # each look, not the sleep
+                self._check_open()
+                epoch = channel.epoch
+                if not self._unsettled():
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0.0:
+                    return False
+                wake_at = self._storage.next_wakeup(self._name, self._clock())
             waiter = ThreadWaiter(self)
             waiter.wake_at = NEVER if wake_at is None else wake_at
             with channel.mutex:
@@ -883,14 +894,15 @@ class Queue(Generic[T]):
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._check_open()
-            epoch = channel.epoch
-            if not await self._call(self._unsettled):
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0.0:
-                return False
-            wake_at = await self._call(self._storage.next_wakeup, self._name, self._clock())
+            with self._ops or NOTHING:  # each look, not the sleep
+                self._check_open()
+                epoch = channel.epoch
+                if not await self._call(self._unsettled):
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0.0:
+                    return False
+                wake_at = await self._call(self._storage.next_wakeup, self._name, self._clock())
             waiter = AsyncWaiter(self)
             waiter.wake_at = NEVER if wake_at is None else wake_at
             with channel.mutex:
@@ -907,28 +919,43 @@ class Queue(Generic[T]):
         """Close the queue: release the leases its consumers hold (no attempt counted), wake
         every blocked call with :class:`QueueClosed`, and close the storage if the queue made
         it. Messages stay stored. Idempotent."""
+        self._close(wait=asyncio._get_running_loop() is None)
+
+    def _close(self, wait: bool) -> None:
+        """:meth:`close`; ``wait``: until a storage the queue owns is closed (see _operations)."""
+        ops = self._ops
         if self._closed:
-            if self._ops is not None and asyncio._get_running_loop() is None:
-                self._ops.close_storage(wait=True)  # return once the first close() closed the storage
+            if ops is not None and wait:
+                ops.close_storage(wait=True)  # return once the first close() closed the storage
             return
+        counted = ops is not None and ops.hold()  # before _closed: a second close() waits for our releases
         self._closed = True  # first: a get or a verb racing with close sees it after its step
-        consumers = [self._default, *list(self._consumers)]
+        consumers: list[Consumer[T]] = []
         try:
-            with self._ops or NOTHING:  # counted: another close() waits for these releases too
-                for consumer in consumers:
-                    consumer._release_held()
+            consumers = [self._default, *list(self._consumers)]
+            for consumer in consumers:
+                consumer._release_held()
         finally:
             for consumer in consumers:
                 self._channel.close_owner(consumer)
             self._channel.close_owner(self)
-            if self._ops is not None:  # once no get or settle under way needs it (see _operations)
-                self._ops.close_storage(wait=asyncio._get_running_loop() is None)
+            if ops is not None:
+                if counted:
+                    ops.release()
+                ops.close_storage(wait)  # once no get or settle under way needs it
             elif self._owns_storage:
                 self._storage.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`, off the event loop when the storage may block."""
-        await self._call(self.close)
+        if not self._storage.blocking_io:
+            self._close(wait=False)
+            return
+        # Not through _call: a close is not an operation to wait for, and its waiting must not
+        # hold an I/O thread that the operations it waits for may need.
+        await asyncio.shield(asyncio.wrap_future(_io_executor(self._storage).submit(self._close, False)))
+        if self._ops is not None:
+            await self._ops.finished()
 
     def __enter__(self) -> Queue[T]:
         return self

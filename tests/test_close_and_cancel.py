@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import gc
 import queue as stdlib_queue
 import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _doubles import (
@@ -32,6 +36,7 @@ from _doubles import (
 )
 
 import mqlite
+from mqlite._queue import _io_executor
 from mqlite.storage.base import Envelope
 
 # -- close wakes everyone, everywhere -------------------------------------------------------------
@@ -467,6 +472,168 @@ def test_a_get_from_the_prefetch_buffer_as_close_releases_it_raises_queue_closed
     with pytest.raises(mqlite.QueueClosed):
         getter.finish()
     assert q.storage.peek("x", 5, time.time())[1].attempts == 0
+
+
+def test_a_second_close_while_the_first_still_releases_waits_for_those_releases(tmp_path):
+    """The first close() marked the queue closed and was about to release what it held; a
+    second close() took the storage's close upon itself at once, and the first close's release
+    then met a closed storage: the lease stayed in flight and the first close raised."""
+    url, reopen = _owned("sqlite", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    q.get()  # held by the queue: close releases it
+    reached, go = threading.Event(), threading.Event()
+
+    class PausingSet(weakref.WeakSet):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            reached.set()  # the first close is about to list its consumers and release
+            assert go.wait(TIMEOUT)
+            return super().__iter__()
+
+    q._consumers = PausingSet(q._consumers)
+    first = start_thread(q.close, name="first close")
+    assert reached.wait(TIMEOUT)
+    second = start_thread(q.close, name="second close")
+    second.join(0.5)
+    assert second.is_alive(), "the second close() did not wait for the first one's releases"
+    go.set()
+    first.finish()
+    second.finish()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
+
+
+def test_a_cancelled_aclose_still_closes_the_storage_as_soon_as_it_can(tmp_path, monkeypatch):
+    """aclose() ran close() through the counting call path: cancelled, its close then waited
+    for its own count, the whole 10 s grace."""
+    url, _ = _owned("sqlite", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    q.get()
+    closed = threading.Event()
+    real_close = q.storage.close
+
+    def close() -> None:
+        real_close()
+        closed.set()
+
+    monkeypatch.setattr(q.storage, "close", close)
+    reached, go = _paused(monkeypatch, q.storage, "release")
+
+    async def main() -> None:
+        closing = asyncio.ensure_future(q.aclose())
+        assert await asyncio.to_thread(reached.wait, TIMEOUT)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+
+    asyncio.run(main())
+    go.set()
+    assert closed.wait(TIMEOUT / 2), "the storage was not closed once the cancelled aclose could finish"
+
+
+def test_many_coroutines_closing_one_queue_leave_the_io_threads_to_the_get_under_way(tmp_path, monkeypatch):
+    """Each aclose() used to block an I/O thread waiting for the get under way, and eight of
+    them took every thread the get's next storage call needed: a 10 s stall, then StorageError."""
+    url, _ = _owned("sqlite", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    reached, go = _paused(monkeypatch, q.storage, "lease")
+
+    async def main() -> None:
+        getter = asyncio.ensure_future(q.aget())
+        assert await asyncio.to_thread(reached.wait, TIMEOUT)
+        closers = [asyncio.ensure_future(q.aclose()) for _ in range(8)]
+        await asyncio.sleep(0)  # every close submitted before the lease returns
+        go.set()
+        with pytest.raises(mqlite.QueueClosed):
+            await asyncio.wait_for(getter, TIMEOUT / 2)
+        await asyncio.wait_for(asyncio.gather(*closers), TIMEOUT / 2)
+
+    asyncio.run(main())
+    assert q.storage._closed
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda q, m: q.put("y"),
+        lambda q, m: q.put_many(["y"]),
+        lambda q, m: m.extend(5.0),
+        lambda q, m: q.qsize(),
+        lambda q, m: q.stats(),
+        lambda q, m: q.peek(),
+        lambda q, m: q.purge(),
+        lambda q, m: q.join(timeout=0),
+    ],
+    ids=["put", "put_many", "extend", "qsize", "stats", "peek", "purge", "join"],
+)
+def test_a_call_that_found_the_queue_open_as_close_began_raises_queue_closed(tmp_path, monkeypatch, call):
+    """Not a StorageError from a storage closed under it (a producer's `except QueueClosed:
+    break` must end the loop at shutdown)."""
+    url, _ = _owned("file", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    message = q.get()
+    real_check = mqlite.Queue._check_open
+    reached, go = threading.Event(), threading.Event()
+
+    def check_open(self: mqlite.Queue[str]) -> None:
+        real_check(self)
+        if threading.current_thread().name == "caller" and not reached.is_set():
+            reached.set()  # found open; its storage call is next
+            assert go.wait(TIMEOUT)
+
+    monkeypatch.setattr(mqlite.Queue, "_check_open", check_open)
+    caller = start_thread(call, q, message, name="caller")
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the call")
+    go.set()
+    closer.finish()
+    with contextlib.suppress(mqlite.QueueClosed):  # or it completed first: fine; a StorageError is not
+        caller.finish()
+
+
+def test_an_operation_ended_by_the_garbage_collector_inside_close_does_not_deadlock(tmp_path):
+    """A coroutine abandoned inside a counted operation (its loop closed) is finalized by the
+    garbage collector, which may run on the closing thread while it holds the count's lock:
+    the lock must be reentrant."""
+
+    class CollectingCondition(threading.Condition):
+        def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+            gc.collect()  # what an allocation under the lock may trigger
+            return super().wait_for(predicate, timeout)
+
+    url, _ = _owned("sqlite", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url)
+    assert q._ops is not None
+    real_lease = q.storage.lease
+    entered, go = threading.Event(), threading.Event()
+
+    def lease(*args: Any) -> Any:
+        entered.set()
+        assert go.wait(TIMEOUT)
+        return real_lease(*args)
+
+    q.storage.lease = lease  # type: ignore[method-assign]
+    gc.disable()
+    try:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(lambda loop, context: None)
+        task = loop.create_task(q.aget())
+        while not entered.is_set():  # until the aget's lease call is on an I/O thread
+            loop.run_until_complete(asyncio.sleep(0.001))
+        go.set()  # the call ends; the loop no longer runs: the task stays inside its attempt
+        pool = _io_executor(q.storage)
+        wait_until(lambda: pool._idle_semaphore._value >= 1, what="the I/O thread to let go of the call")
+        loop.close()  # the task stays pending inside the counted attempt
+        del task, loop
+        assert q._ops._count == 1
+        q._ops._done = CollectingCondition(q._ops._done._lock)  # type: ignore[attr-defined] # the same lock
+        closer = start_thread(q.close, name="closer")
+        closer.join(TIMEOUT * 1.5)  # the grace bounds a close that waits; a deadlock does not end
+        assert not closer.is_alive(), "close() deadlocked on the count's lock"
+    finally:
+        gc.enable()
 
 
 def test_a_storage_passed_in_stays_open():
