@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -23,6 +24,8 @@ from types import TracebackType
 
 from ._errors import QueueClosed
 from .storage.base import Storage
+
+log = logging.getLogger("mqlite")
 
 NOTHING = contextlib.nullcontext()
 """What ``with queue._ops or NOTHING:`` enters when the queue does not count its operations."""
@@ -40,9 +43,11 @@ class Operations:
     __slots__ = (
         "__weakref__",
         "_closed",
+        "_closers",
         "_closing",
         "_count",
         "_done",
+        "_error",
         "_finished",
         "_name",
         "_storage",
@@ -60,6 +65,8 @@ class Operations:
         self._closing = False  # close() was called
         self._closed = False  # closing the storage was decided: no operation may start
         self._finished = False  # the storage's close() returned
+        self._closers = 0  # close() calls waiting to close the storage themselves
+        self._error: BaseException | None = None  # what the storage's close raised, for a closer
         _every.add(self)
 
     def __enter__(self) -> None:
@@ -82,61 +89,90 @@ class Operations:
             return True
 
     def release(self) -> None:
-        """End one operation; the last one after close() closes the storage."""
+        """End one operation. The last one after close() began closes the storage if no
+        close() waits to do it, off the event loop if it runs on one; never raises."""
         with self._done:
             self._count -= 1
             if self._count:
                 return
             self._done.notify_all()
-            last = self._closing and not self._closed
+            last = self._closing and not self._closed and not self._closers
             if last:
                 self._closed = True
         if last:
-            self._close()
+            if asyncio._get_running_loop() is not None:  # a coroutine's last step: not on its loop
+                threading.Thread(target=self._close, name="mqlite-close", daemon=True).start()
+            else:
+                self._close()
 
     def close_storage(self, wait: bool) -> None:
         """Close the storage once no operation is under way. With ``wait``, wait for them (at
-        most :data:`CLOSE_GRACE`), also when another close() got here first; without (close()
-        called on an event loop, whose coroutines may be the ones under way, or on an I/O
-        thread for ``aclose``, which waits with :meth:`finished`), leave the closing to the
-        last of them."""
+        most :data:`CLOSE_GRACE`) and close it here, also when another close() got here first,
+        and raise what the storage's close raised; without (close() called on an event loop,
+        whose coroutines may be the ones under way, or on an I/O thread for ``aclose``, which
+        waits with :meth:`finished`), leave the closing to the last of them."""
         with self._done:
             self._closing = True
-            if wait:
-                self._done.wait_for(lambda: self._finished or not self._count, CLOSE_GRACE)
-                if self._closed:  # another close() or the last operation is closing it
-                    self._done.wait_for(lambda: self._finished, CLOSE_GRACE)
+            if not wait:
+                if self._closed or self._count:
                     return
-            elif self._closed or self._count:
-                return
-            self._closed = True
+                self._closed = True
+            else:
+                self._closers += 1
+                try:
+                    self._done.wait_for(lambda: self._closed or not self._count, CLOSE_GRACE)
+                finally:
+                    self._closers -= 1
+                if self._closed:  # another closer is closing it: return once it did
+                    self._done.wait_for(lambda: self._finished, CLOSE_GRACE)
+                    self._raise_error()
+                    return
+                self._closed = True
         self._close()
+        if wait:
+            with self._done:
+                self._raise_error()
 
     async def finished(self) -> None:
         """Await the storage's close (``aclose``): without holding a thread, since the
         operations it waits for may need the I/O threads; after :data:`CLOSE_GRACE`, close it
-        all the same (on an I/O thread of the caller's choosing: here, the loop's default)."""
+        all the same (on the loop's default executor). Raises what the storage's close raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._done:
-            if self._finished:
-                return
-            self._watchers.append((loop, future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), CLOSE_GRACE)
-        except TimeoutError:
-            with self._done:
-                late = not self._closed
+            if not self._finished:
+                self._watchers.append((loop, future))
+        if not future.done() and not self._finished:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), CLOSE_GRACE)
+            except TimeoutError:
+                with self._done:
+                    late = not self._closed
+                    if late:
+                        self._closed = True
                 if late:
-                    self._closed = True
-            if late:
-                await loop.run_in_executor(None, self._close)
+                    await loop.run_in_executor(None, self._close)
+        with self._done:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        """Raise what the storage's close raised, once, to one of the closers (lock held)."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def _close(self) -> None:
+        """Close the storage; an error is kept for the closers (:meth:`close_storage`,
+        :meth:`finished`), never raised into an operation that happened to end last."""
+        error: BaseException | None = None
         try:
             self._storage.close()
+        except Exception as exc:
+            error = exc
+            log.warning("mqlite: closing the storage of queue %r failed: %s", self._name, exc)
         finally:
             with self._done:
+                self._error = error
                 self._finished = True
                 self._done.notify_all()
                 watchers, self._watchers = self._watchers, []
@@ -149,6 +185,7 @@ class Operations:
         closing the storage, do not exist here."""
         self._done = threading.Condition(threading.RLock())
         self._count = 0
+        self._closers = 0
         self._watchers = []
         if self._closed:
             self._finished = True

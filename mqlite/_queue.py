@@ -264,7 +264,7 @@ class Queue(Generic[T]):
         future = _io_executor(self._storage).submit(function, *args)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or the coroutine closed (GeneratorExit): the call goes on
             ops = self._ops
             if not future.done() and ops is not None and ops.hold():
                 future.add_done_callback(lambda _: ops.release())
@@ -290,18 +290,23 @@ class Queue(Generic[T]):
         future = pool.submit(function, *args)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
-        except asyncio.CancelledError:
+        except BaseException as error:
+            if future.done() and not future.cancelled() and future.exception() is error:
+                raise  # the call's own failure: its caller handles it
+            # Cancelled, or the coroutine closed (GeneratorExit, a task destroyed with its loop).
             if future.cancel():
                 if never_ran is not None:
                     never_ran()
                 raise
             held = self._ops if self._ops is not None and self._ops.hold() else None
-            if future.done():
+            if future.done() and isinstance(error, asyncio.CancelledError):
                 # It finished as its caller was cancelled: account for it now, before the
                 # cancellation goes on (a get retried at once must find the message given back),
                 # and on an I/O thread, since ``landed`` may make storage calls that block.
                 accounted = pool.submit(_after_cancel, future, landed, failed, held)
                 await asyncio.shield(asyncio.wrap_future(accounted))
+            elif future.done():  # closing: nothing may be awaited any more
+                pool.submit(_after_cancel, future, landed, failed, held)
             else:
                 # Submitted, not run here: a call that ends just now runs its callbacks on this
                 # (the loop's) thread, and ``landed`` may block.

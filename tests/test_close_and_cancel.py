@@ -262,7 +262,9 @@ def test_close_called_on_the_loop_leaves_closing_the_storage_to_the_aget_under_w
             await asyncio.wait_for(getter, TIMEOUT)
 
     asyncio.run(main())
-    storage = reopen()  # the file's lock was let go: the last operation closed the storage
+    assert q._ops is not None
+    wait_until(lambda: q._ops is not None and q._ops._finished, what="the last operation to close the storage")
+    storage = reopen()  # the file's lock was let go: the last operation closed the storage (off the loop)
     [message] = storage.peek("x", 5, time.time())
     assert (message.attempts, message.lease_expires_at) == (0, None)
     storage.close()
@@ -634,6 +636,98 @@ def test_an_operation_ended_by_the_garbage_collector_inside_close_does_not_deadl
         assert not closer.is_alive(), "close() deadlocked on the count's lock"
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("how", ["aclose", "close from a thread"])
+def test_the_last_operation_never_closes_the_storage_on_an_event_loop(tmp_path, monkeypatch, how):
+    """An aput under way as the queue closes ends last: the storage's close (segments deleted,
+    a record written and synced) ran on the loop's thread, in the aput's last step."""
+    url, _ = _owned("file", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url)
+    closed_on: list[str] = []
+    real_close = q.storage.close
+
+    def close() -> None:
+        closed_on.append(threading.current_thread().name)
+        real_close()
+
+    monkeypatch.setattr(q.storage, "close", close)
+    reached, go = _paused(monkeypatch, q.storage, "put")
+
+    async def main() -> str:
+        putter = asyncio.ensure_future(q.aput("m", priority=1))
+        assert await asyncio.to_thread(reached.wait, TIMEOUT)
+        closing = asyncio.ensure_future(q.aclose() if how == "aclose" else asyncio.to_thread(q.close))
+        await asyncio.to_thread(wait_until, lambda: q._ops is not None and q._ops._closing)
+        go.set()
+        await asyncio.wait_for(putter, TIMEOUT)
+        await asyncio.wait_for(closing, TIMEOUT)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert closed_on
+    assert closed_on[0] != loop_thread
+
+
+@pytest.mark.parametrize("how", ["aclose", "close"])
+def test_an_error_closing_the_storage_reaches_the_closer_not_a_put_that_landed(tmp_path, monkeypatch, how):
+    url, reopen = _owned("file", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url)
+    real_close = q.storage.close
+
+    def close() -> None:
+        real_close()
+        raise mqlite.StorageError("injected: close failed")
+
+    monkeypatch.setattr(q.storage, "close", close)
+    reached, go = _paused(monkeypatch, q.storage, "put")
+    producer = start_thread(q.put, "m", name="producer")
+    assert reached.wait(TIMEOUT)
+
+    async def main() -> None:
+        closing = asyncio.ensure_future(q.aclose() if how == "aclose" else asyncio.to_thread(q.close))
+        await asyncio.to_thread(wait_until, lambda: q._ops is not None and q._ops._closing)
+        go.set()
+        with pytest.raises(mqlite.StorageError, match="injected"):
+            await asyncio.wait_for(closing, TIMEOUT)
+
+    asyncio.run(main())
+    assert producer.finish() == 1  # stored, and said so
+    storage = reopen()
+    assert len(storage.peek("x", 5, time.time())) == 1
+    storage.close()
+
+
+def test_an_aget_whose_coroutine_is_closed_mid_lease_still_gives_the_message_back_at_close(tmp_path, monkeypatch):
+    """A task destroyed with its loop gets GeneratorExit, not CancelledError, at its await:
+    the lease call under way must still be counted and its message given back."""
+    url, reopen = _owned("file", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
+    q.put("m")
+    real_lease = q.storage.lease
+    leased, go = threading.Event(), threading.Event()
+
+    def lease(*args: Any) -> Any:
+        records = real_lease(*args)  # the lease is in the storage now
+        leased.set()
+        assert go.wait(TIMEOUT)
+        return records
+
+    monkeypatch.setattr(q.storage, "lease", lease)
+    loop = asyncio.new_event_loop()
+    try:
+        coroutine = q.aget()
+        task = loop.create_task(coroutine)
+        loop.run_until_complete(loop.run_in_executor(None, leased.wait, TIMEOUT))
+        coroutine.close()  # what destroying the pending task does
+        task.cancel()
+    finally:
+        loop.close()
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the lease under way")
+    go.set()
+    closer.finish()
+    assert _in_flight_after_reopening(reopen) == (0, [0])
 
 
 def test_a_storage_passed_in_stays_open():
