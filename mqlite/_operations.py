@@ -92,7 +92,9 @@ class Operations:
         """End one operation. The last one after close() began closes the storage if no
         close() waits to do it, off the event loop if it runs on one; never raises."""
         with self._done:
-            self._count -= 1
+            # never below zero: an operation begun before a fork may end in the child after
+            # the child's count was reset
+            self._count = max(self._count - 1, 0)
             if self._count:
                 return
             self._done.notify_all()
