@@ -323,6 +323,16 @@ def _paused(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> tuple
     return reached, go
 
 
+def _close_while_paused(q: mqlite.Queue[Any], reached: threading.Event, go: threading.Event) -> Any:
+    """Once a call is paused (``reached``), close ``q`` from a thread, let the call go once
+    close waits for it, and return the closer thread (to finish)."""
+    assert reached.wait(TIMEOUT)
+    closer = start_thread(q.close, name="closer")
+    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the call under way")
+    go.set()
+    return closer
+
+
 @pytest.mark.parametrize("verb", ["ack", "nack", "release"])
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_a_verb_that_claimed_its_message_as_close_began_settles_or_releases_it_before_the_storage_closes(
@@ -337,10 +347,7 @@ def test_a_verb_that_claimed_its_message_as_close_began_settles_or_releases_it_b
     message = q.get()
     reached, go = _paused(monkeypatch, mqlite.Consumer, "_ack" if verb == "ack" else "_settle")
     settling = start_thread(getattr(message, verb), name="verb")
-    assert reached.wait(TIMEOUT)
-    closer = start_thread(q.close, name="closer")
-    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the verb")
-    go.set()
+    closer = _close_while_paused(q, reached, go)
     with pytest.raises(mqlite.QueueClosed):
         settling.finish()
     closer.finish()
@@ -355,10 +362,7 @@ def test_a_get_that_checked_the_queue_open_as_close_began_raises_queue_closed(tm
     q.put("m")
     reached, go = _paused(monkeypatch, mqlite.Consumer, "_take")
     getter = start_thread(q.get, name="getter")
-    assert reached.wait(TIMEOUT)
-    closer = start_thread(q.close, name="closer")
-    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the get")
-    go.set()
+    closer = _close_while_paused(q, reached, go)
     with pytest.raises(mqlite.QueueClosed):
         getter.finish()
     closer.finish()
@@ -374,10 +378,7 @@ def test_a_consumer_closing_as_its_queue_closes_gives_its_messages_back(tmp_path
     consumer.get()
     reached, go = _paused(monkeypatch, q.storage, "release")
     closing = start_thread(consumer.close, name="consumer close")
-    assert reached.wait(TIMEOUT)
-    closer = start_thread(q.close, name="closer")
-    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the consumer")
-    go.set()
+    closer = _close_while_paused(q, reached, go)
     closing.finish()
     closer.finish()
     assert _in_flight_after_reopening(reopen) == (0, [0])
@@ -586,10 +587,7 @@ def test_a_call_that_found_the_queue_open_as_close_began_raises_queue_closed(tmp
 
     monkeypatch.setattr(mqlite.Queue, "_check_open", check_open)
     caller = start_thread(call, q, message, name="caller")
-    assert reached.wait(TIMEOUT)
-    closer = start_thread(q.close, name="closer")
-    wait_until(lambda: q._ops is not None and q._ops._closing, what="close to wait for the call")
-    go.set()
+    closer = _close_while_paused(q, reached, go)
     closer.finish()
     with contextlib.suppress(mqlite.QueueClosed):  # or it completed first: fine; a StorageError is not
         caller.finish()
