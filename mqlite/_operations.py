@@ -147,15 +147,32 @@ class Operations:
         if not future.done() and not self._finished:
             try:
                 await asyncio.wait_for(asyncio.shield(future), CLOSE_GRACE)
-            except TimeoutError:
-                with self._done:
-                    late = not self._closed
-                    if late:
-                        self._closed = True
-                if late:
-                    await loop.run_in_executor(None, self._close)
+            except TimeoutError:  # the grace is over: close it now (or wait for whoever does)
+                await loop.run_in_executor(None, self._close_now)
+                return
+            except asyncio.CancelledError:  # nobody awaits any more: a thread keeps the grace
+                threading.Thread(target=self._close_in_background, name="mqlite-close", daemon=True).start()
+                raise
         with self._done:
             self._raise_error()
+
+    def _close_now(self) -> None:
+        """Close the storage now, operations under way or not, or wait for whoever closes it."""
+        with self._done:
+            if self._closed:
+                self._done.wait_for(lambda: self._finished, CLOSE_GRACE)
+                self._raise_error()
+                return
+            self._closed = True
+        self._close()
+        with self._done:
+            self._raise_error()
+
+    def _close_in_background(self) -> None:
+        try:
+            self.close_storage(wait=True)
+        except Exception as exc:  # nobody to raise it to
+            log.warning("mqlite: closing the storage of queue %r failed: %s", self._name, exc)
 
     def _raise_error(self) -> None:
         """Raise what the storage's close raised, once, to one of the closers (lock held)."""

@@ -728,6 +728,32 @@ def test_an_aget_whose_coroutine_is_closed_mid_lease_still_gives_the_message_bac
     assert _in_flight_after_reopening(reopen) == (0, [0])
 
 
+def test_an_aclose_cancelled_while_it_waits_still_closes_the_storage_after_the_grace(tmp_path, monkeypatch):
+    """An operation that never ends (a coroutine of a stopped loop) is what the grace is for; a
+    cancelled aclose must not take the grace away with it."""
+    from mqlite import _operations
+
+    monkeypatch.setattr(_operations, "CLOSE_GRACE", 0.2)
+    url, _ = _owned("sqlite", str(tmp_path))
+    q: mqlite.Queue[str] = mqlite.Queue("x", storage=url)
+    reached, go = _paused(monkeypatch, q.storage, "lease")
+    getter = start_thread(q.get, name="getter")  # never ends before the storage is closed
+    assert reached.wait(TIMEOUT)
+
+    async def main() -> None:
+        closing = asyncio.ensure_future(q.aclose())
+        await asyncio.to_thread(wait_until, lambda: q._ops is not None and bool(q._ops._watchers))
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+
+    asyncio.run(main())
+    wait_until(lambda: q._ops is not None and q._ops._finished, what="the storage closed once the grace was over")
+    go.set()
+    with pytest.raises(mqlite.Error):  # its storage was closed under it, as the grace allows
+        getter.finish()
+
+
 def test_a_storage_passed_in_stays_open():
     storage = BlockingMemoryStorage()
     with mqlite.Queue("mine", storage=storage) as q:
