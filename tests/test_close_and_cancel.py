@@ -196,24 +196,16 @@ def _owned(kind: str, directory: str) -> tuple[str, Callable[[], mqlite.Storage]
 
 @pytest.mark.parametrize("how", ["get in a thread", "aget"])
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
-def test_close_waits_for_a_get_under_way_to_give_its_message_back_before_closing_its_storage(tmp_path, kind, how):
+def test_close_waits_for_a_get_under_way_to_give_its_message_back_before_closing_its_storage(
+    tmp_path, monkeypatch, kind, how
+):
     """A get's lease landed, then close() ran before the get found the queue closed: the get
     gives the message back itself, which needs the storage the queue made. Closed under it, the
     message stayed in flight with an attempt counted (until its lease ended)."""
     url, reopen = _owned(kind, str(tmp_path))
     q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
     q.put("m")
-    real_lease = q.storage.lease
-    leased, go = threading.Event(), threading.Event()
-
-    def lease(*args: object) -> object:
-        records = real_lease(*args)  # type: ignore[arg-type]
-        if records:
-            leased.set()
-            assert go.wait(TIMEOUT)
-        return records
-
-    q.storage.lease = lease  # type: ignore[method-assign]
+    leased, go = _paused_after(monkeypatch, q.storage, "lease")
     if how == "aget":
         loop = LoopThread()
         getter = loop.submit(q.aget())
@@ -235,23 +227,13 @@ def test_close_waits_for_a_get_under_way_to_give_its_message_back_before_closing
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
-def test_close_called_on_the_loop_leaves_closing_the_storage_to_the_aget_under_way(tmp_path, kind):
+def test_close_called_on_the_loop_leaves_closing_the_storage_to_the_aget_under_way(tmp_path, monkeypatch, kind):
     """close() called (not awaited) by a coroutine cannot wait for the loop's own coroutines:
     it returns at once, and the aget under way closes the storage once it gave its message back."""
     url, reopen = _owned(kind, str(tmp_path))
     q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
     q.put("m")
-    real_lease = q.storage.lease
-    leased, go = threading.Event(), threading.Event()
-
-    def lease(*args: object) -> object:
-        records = real_lease(*args)  # type: ignore[arg-type]
-        if records:
-            leased.set()
-            assert go.wait(TIMEOUT)
-        return records
-
-    q.storage.lease = lease  # type: ignore[method-assign]
+    leased, go = _paused_after(monkeypatch, q.storage, "lease")
 
     async def main() -> None:
         getter = asyncio.ensure_future(q.aget())
@@ -318,6 +300,25 @@ def _paused(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> tuple
         reached.set()
         assert go.wait(TIMEOUT)
         return real(*args)
+
+    monkeypatch.setattr(target, name, pause)
+    return reached, go
+
+
+def _paused_after(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Like :func:`_paused`, but each call that returns something (a lease that took a message)
+    has done its work before it pauses."""
+    reached, go = threading.Event(), threading.Event()
+    real = getattr(target, name)
+
+    def pause(*args: object) -> object:
+        result = real(*args)
+        if result:
+            reached.set()
+            assert go.wait(TIMEOUT)
+        return result
 
     monkeypatch.setattr(target, name, pause)
     return reached, go
@@ -702,16 +703,7 @@ def test_an_aget_whose_coroutine_is_closed_mid_lease_still_gives_the_message_bac
     url, reopen = _owned("file", str(tmp_path))
     q: mqlite.Queue[str] = mqlite.Queue("x", storage=url, lease=600.0)
     q.put("m")
-    real_lease = q.storage.lease
-    leased, go = threading.Event(), threading.Event()
-
-    def lease(*args: Any) -> Any:
-        records = real_lease(*args)  # the lease is in the storage now
-        leased.set()
-        assert go.wait(TIMEOUT)
-        return records
-
-    monkeypatch.setattr(q.storage, "lease", lease)
+    leased, go = _paused_after(monkeypatch, q.storage, "lease")  # the lease is in the storage then
     loop = asyncio.new_event_loop()
     try:
         coroutine = q.aget()
