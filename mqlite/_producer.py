@@ -17,7 +17,6 @@ __all__ = ["Producer"]
 T = TypeVar("T", default=Any)  # a Queue made without a type is a Queue[Any], as DESIGN.md writes it
 
 _OPTIONS = frozenset({"delay", "priority", "group", "dedup_key", "headers", "block", "timeout"})
-_MANY_OPTIONS = _OPTIONS - {"dedup_key"}
 
 
 @final
@@ -78,8 +77,8 @@ class Producer(Generic[T]):
         return self._queue.put_nowait(body, **merged)
 
     def put_many(self, bodies: Iterable[T], **options: Any) -> list[int]:
-        """:meth:`Queue.put_many` with this producer's defaults (``dedup_key`` does not apply)."""
-        return self._queue.put_many(bodies, **self._merged(options, _MANY_OPTIONS))
+        """:meth:`Queue.put_many` with this producer's defaults."""
+        return self._queue.put_many(bodies, **self._merged(options, _OPTIONS))
 
     async def aput(self, body: T, **options: Any) -> int:
         """:meth:`Queue.aput` with this producer's defaults."""
@@ -87,4 +86,4 @@ class Producer(Generic[T]):
 
     async def aput_many(self, bodies: Iterable[T], **options: Any) -> list[int]:
         """:meth:`Queue.aput_many` with this producer's defaults."""
-        return await self._queue.aput_many(bodies, **self._merged(options, _MANY_OPTIONS, sync=False))
+        return await self._queue.aput_many(bodies, **self._merged(options, _OPTIONS, sync=False))

@@ -374,11 +374,16 @@ class Queue(Generic[T]):
     ) -> list[Envelope]:
         if isinstance(bodies, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(bodies, Iterable):
             raise TypeError(f"put_many takes an iterable of bodies, not {type(bodies).__name__}")
-        if dedup_key is not None:
-            raise ValueError("put_many cannot share one dedup_key among many messages; put them one by one")
+        batch_key = _validate.key("dedup_key", dedup_key)
         options = self._options(delay, priority, group, None, headers)
         encode = self._encode
-        if options is None:  # default options: the same envelopes, three times faster than _replace
+        if batch_key is not None:  # message i is deduplicated under the batch's key and i
+            options = options or Envelope(None)
+            envelopes = [
+                options._replace(body=encode(body, i), dedup_key=_batch_member_key(batch_key, i))
+                for i, body in enumerate(bodies)
+            ]
+        elif options is None:  # default options: the same envelopes, three times faster than _replace
             envelopes = [Envelope(encode(body, i)) for i, body in enumerate(bodies)]
         else:
             envelopes = [options._replace(body=encode(body, i)) for i, body in enumerate(bodies)]
@@ -583,6 +588,7 @@ class Queue(Generic[T]):
         delay: float = 0.0,
         priority: int = 0,
         group: str | None = None,
+        dedup_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         block: bool = True,
         timeout: float | None = None,
@@ -591,8 +597,12 @@ class Queue(Generic[T]):
 
         Every body is encoded before anything is stored, so a body the serializer rejects
         enqueues none. With maxsize, waits for room for all of them (or raises Full).
+        ``dedup_key`` names the batch: the message at position ``i`` is deduplicated as the
+        ``i``-th of that batch, so putting the same batch again within the queue's dedup
+        window enqueues nothing and returns the same ids (a longer one enqueues only the
+        bodies past the first batch's end). Batch keys never match the keys of single puts.
         """
-        envelopes = self._envelopes(bodies, delay, priority, group, None, headers)
+        envelopes = self._envelopes(bodies, delay, priority, group, dedup_key, headers)
         if not envelopes:
             self._check_open()
             return []
@@ -639,11 +649,12 @@ class Queue(Generic[T]):
         delay: float = 0.0,
         priority: int = 0,
         group: str | None = None,
+        dedup_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> list[int]:
         """Async :meth:`put_many`."""
-        envelopes = self._envelopes(bodies, delay, priority, group, None, headers)
+        envelopes = self._envelopes(bodies, delay, priority, group, dedup_key, headers)
         if not envelopes:
             self._check_open()
             return []
@@ -989,6 +1000,12 @@ def _defaults(delay: object, priority: object, group: object, dedup_key: object,
         and dedup_key is None
         and headers is None
     )
+
+
+def _batch_member_key(batch_key: str, position: int) -> str:
+    """The dedup key of the message at ``position`` of a ``put_many`` with ``batch_key``: the
+    NUL that user keys may not contain keeps it apart from every key of a single put."""
+    return f"{batch_key}\x00{position}"
 
 
 def _after_cancel(

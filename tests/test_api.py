@@ -331,12 +331,14 @@ def test_producer_defaults_apply_and_calls_override_them() -> None:
     ]
 
 
-def test_producer_dedup_key_default_does_not_reach_put_many() -> None:
+def test_producer_dedup_key_default_applies_to_put_many_as_a_batch_key() -> None:
     q: mqlite.Queue[str] = mqlite.Queue("jobs")
     once = q.producer(dedup_key="only-once")
     first = once.put("a")
     assert once.put("b") == first
-    assert len(once.put_many(["c", "d"])) == 2
+    batch = once.put_many(["c", "d"])
+    assert len(batch) == 2
+    assert once.put_many(["c", "d"]) == batch
     assert q.qsize() == 3
 
 

@@ -383,8 +383,11 @@ def test_unknown_producer_option_is_refused(q: mqlite.Queue[Any]) -> None:
     refused(q, TypeError, "colour", lambda: q.producer().put("x", colour="red"))
 
 
-def test_put_many_refuses_a_dedup_key_and_a_single_body(q: mqlite.Queue[Any]) -> None:
-    refused(q, TypeError, "dedup_key", lambda: q.put_many(["a", "b"], dedup_key="k"))  # type: ignore[call-arg]
+def test_put_many_refuses_a_bad_dedup_key_and_a_single_body(q: mqlite.Queue[Any]) -> None:
+    refused(q, TypeError, "dedup_key", lambda: q.put_many(["a", "b"], dedup_key=7))  # type: ignore[arg-type]
+    refused(q, ValueError, "dedup_key", lambda: q.put_many(["a", "b"], dedup_key=""))
+    refused(q, ValueError, "dedup_key", lambda: q.put_many(["a", "b"], dedup_key="k\x000"))
+    refused(q, ValueError, "dedup_key", lambda: q.put_many(["a", "b"], dedup_key="k" * 1025))
     refused(q, TypeError, "put_many", lambda: q.put_many("abc"))
     refused(q, TypeError, "put_many", lambda: q.put_many({"a": 1}))
 

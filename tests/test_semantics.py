@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from _doubles import TIMEOUT, BlockingMemoryStorage, async_wait_until, start_thread, wait_until, waiting
@@ -635,6 +636,63 @@ def test_dedup_window_setting(clock: FakeClock) -> None:
     first = q.put("a", dedup_key="k")
     clock.advance(1.0)
     assert q.put("a", dedup_key="k") != first
+
+
+def test_put_many_dedup_key_names_the_batch(q: mqlite.Queue[object], clock: FakeClock) -> None:
+    first = q.put_many(["a", "b"], dedup_key="batch-1")
+    assert q.put_many(["a", "b"], dedup_key="batch-1") == first  # the retry enqueues nothing
+    q.get().ack()
+    clock.advance(299)
+    longer = q.put_many(["a", "b", "c"], dedup_key="batch-1")  # only the new tail is put
+    assert longer[:2] == first
+    assert longer[2] > first[1]
+    assert q.qsize() == 2
+    assert q.put("a", dedup_key="batch-1") not in longer  # a single put's key is another key
+    assert q.put_many(["x", "y"], dedup_key="batch-2") != first
+    clock.advance(1)  # 300 s after the batch's first put: a new batch under the same key
+    again = q.put_many(["a", "b"], dedup_key="batch-1")
+    assert again[0] > longer[2]
+    assert again[1] == again[0] + 1
+    assert q.qsize() == 7
+
+
+def test_put_many_dedup_key_is_all_or_nothing_with_maxsize(clock: FakeClock) -> None:
+    q: mqlite.Queue[str] = mqlite.Queue("small", clock=clock, maxsize=3)
+    first = q.put_many(["a", "b"], dedup_key="k")
+    assert q.put_many(["a", "b"], block=False, dedup_key="k") == first  # no room needed
+    with pytest.raises(mqlite.Full):
+        q.put_many(["c", "d"], block=False, dedup_key="other")
+    assert q.put_many(["a", "b", "c"], block=False, dedup_key="k")[:2] == first
+    assert q.qsize() == 3
+
+
+def test_aput_many_dedup_key_names_the_batch(q: mqlite.Queue[object]) -> None:
+    async def main() -> tuple[list[int], list[int]]:
+        return await q.aput_many(["a", "b"], dedup_key="b1"), await q.aput_many(["a", "b"], dedup_key="b1")
+
+    first, retry = asyncio.run(main())
+    assert retry == first
+    assert q.qsize() == 2
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_put_many_dedup_key_survives_reopening(kind: str, tmp_path: Path, clock: FakeClock) -> None:
+    def open_queue() -> mqlite.Queue[str]:
+        storage = mqlite.SQLiteStorage(tmp_path / "q.db") if kind == "sqlite" else mqlite.FileStorage(tmp_path / "q")
+        return mqlite.Queue("exports", storage, clock=clock)
+
+    q = open_queue()
+    first = q.put_many(["a", "b"], dedup_key="export-1")
+    q.put("c", dedup_key="export-1")
+    q.close()
+    q.storage.close()
+    q = open_queue()
+    try:
+        assert q.put_many(["a", "b"], dedup_key="export-1") == first
+        assert [m.body for m in q.peek(10)] == ["a", "b", "c"]
+    finally:
+        q.close()
+        q.storage.close()
 
 
 # -- settling rules: while the lease runs --------------------------------------------------------
