@@ -26,6 +26,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "leased_floor.py": (["--n", "2000", "--repeat", "1"], "BareLeasedQueue put / get + ack"),
     "profile_mqlite.py": (["W1", "--n", "500", "--top", "3"], "W1"),
     "sqlite_churn.py": (["3000", "300"], "MiB"),
+    "sqlite_page_size.py": (["--n", "20", "--batch", "100", "--repeat", "1"], "| W6 full put_many | 1024 |"),
 }
 
 
