@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -764,3 +765,66 @@ def test_a_log_deleted_while_open_is_reported_instead_of_synced_into_nothing(tmp
         storage.put("q", [Envelope(b"after")], T0)
         with pytest.raises(mqlite.StorageError, match="deleted"):
             storage.close()
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+FORK_LEAVES_THE_STORAGE_TO_THE_PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    import mqlite
+    from mqlite.storage import Envelope, QueueSpec
+    from mqlite.storage.file import FileStorage
+
+    path = sys.argv[1]
+    storage = FileStorage(path, durability=sys.argv[2])
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"before")], time.time())
+    go, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: every call refused, naming the fork; close() harmless
+        os.close(go[1])  # so that the read below ends if the parent dies
+        code = 1
+        try:
+            try:
+                storage.put("q", [Envelope(b"from the child")], time.time())
+            except mqlite.StorageError as error:
+                assert "fork" in str(error) and str(os.getppid()) in str(error), error
+            else:
+                raise AssertionError("the child could write into the parent's log")
+            storage.close()
+            code = 0
+        finally:
+            os.write(done[1], b"x" if code == 0 else b"!")
+            os.read(go[0], 1)  # stay alive while the parent closes and reopens
+            os._exit(code)
+    assert os.read(done[0], 1) == b"x", "the child failed"
+    [second] = storage.put("q", [Envelope(b"after")], time.time())
+    assert second == 2
+    storage.close()
+    again = FileStorage(path)  # the child, still alive, no longer holds the directory's lock
+    assert [m.body for m in again.peek("q", 10, time.time())] == [b"before", b"after"]
+    again.close()
+    os.write(go[1], b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_a_forked_child_leaves_the_storage_and_its_lock_to_the_parent(tmp_path, durability):
+    """A FileStorage serves the process that opened it. A child forked from it refuses every
+    call (a write would land in the parent's log under ids the parent gives too) and drops its
+    copy of the lock, so the parent can close and reopen while the child lives on."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_LEAVES_THE_STORAGE_TO_THE_PARENT, str(tmp_path / "q"), durability],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"

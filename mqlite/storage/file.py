@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Literal, final
 
@@ -140,6 +141,8 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._versions: dict[int, int] = {}  # segment -> its format version
         self.replayed_records = 0
         self._init_space()
+        self._opener = os.getpid()
+        self._forked = False
         self._lock_fd = self._take_lock()
         try:
             self._load()
@@ -148,6 +151,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             if isinstance(exc, OSError):  # listing, opening, creating, cutting files: name the storage
                 raise StorageError(f"cannot open the log in {self.path!r}: {exc}") from exc
             raise
+        _open_storages.add(self)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else " failed" if self._failed is not None else ""
@@ -243,8 +247,31 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
 
     # -- writing -----------------------------------------------------------------------------
 
+    def _left_behind(self) -> None:
+        """In a child forked from the process that opened the storage: drop this copy of its
+        descriptors, without unlocking (the lock and the files stay the parent's, which goes on
+        using them; a child closing its copy does not release the parent's ``flock``), and
+        refuse every call from now on. The child starts with fresh locks and group-commit state,
+        since a thread of the parent may have held them at the fork."""
+        self._forked = True
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._init_group_commit()
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = -1
+
     def _usable(self) -> None:
-        """Raise :class:`~mqlite.StorageError` if the storage is closed or a write failed."""
+        """Raise :class:`~mqlite.StorageError` if the storage is closed, a write failed, or this
+        process is a fork of the one that opened it."""
+        if self._forked:
+            raise StorageError(
+                f"{self!r} was opened by process {self._opener}, and this process ({os.getpid()}) is a fork "
+                "of it: a FileStorage serves only the process that opened it (open the directory in the "
+                "child instead, once the parent has closed it)"
+            )
         if self._closed:
             raise StorageError(f"{self!r} is closed")
         if self._failed is not None:
@@ -639,6 +666,9 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             if self._closed:
                 return
             self._closed = True
+            if self._forked:  # the parent's files: nothing to write, nothing of ours to let go
+                return
+            _open_storages.discard(self)
             try:
                 if self._failed is None and self._fd >= 0:
                     try:
@@ -668,6 +698,23 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                 with self._sync_mutex:
                     self._wait_idle()
                     self._release_files()
+
+
+_open_storages: weakref.WeakSet[FileStorage] = weakref.WeakSet()
+"""The storages open in this process, for :func:`_after_fork_in_child`."""
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits every open storage's descriptors, and with the lock file's, the
+    directory's ``flock``: left open, it would keep the directory locked after the parent closed
+    it, and a write through it would land in the parent's log behind the parent's back."""
+    for storage in list(_open_storages):
+        storage._left_behind()
+    _open_storages.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def from_url(rest: str) -> FileStorage:
