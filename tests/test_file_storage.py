@@ -582,6 +582,39 @@ def test_a_compaction_interrupted_after_its_rename_starts_from_the_snapshot(tmp_
     assert len(_segments(directory)) == 1
 
 
+def _compacted(directory: str, count: int) -> tuple[dict[int, bytes], str, list[int]]:
+    """Fill, compact into a snapshot segment and close; return the bodies, the snapshot's path
+    and the offsets of its records that hold messages, then of its end record."""
+    bodies = _fill(directory, count)
+    storage = FileStorage(directory)
+    storage.compact()
+    storage.close()
+    [snapshot] = _segments(directory)
+    with open(snapshot, "rb") as stream:
+        data = stream.read()
+    records = [record for record in _log.scan(data, _log.HEADER_SIZE) if not isinstance(record, _log.Bad)]
+    return bodies, snapshot, [offset for offset, kind, _ in records if kind in (_log.SNAP_MSG, _log.SNAP_END)]
+
+
+@pytest.mark.parametrize("where", ["inside a record", "between records"])
+def test_a_snapshot_cut_short_is_corruption_not_a_torn_tail(tmp_path, where):
+    """A snapshot is synced before it gets its name, so no crash leaves one unfinished: a
+    snapshot that stops before its end record was damaged, and opening must not take what is
+    left for the whole queue (it would drop every message after the cut, with only a warning)."""
+    directory = str(tmp_path / "mq")
+    bodies, snapshot, records = _compacted(directory, 2000)
+    *batches, end = records
+    cut = end if where == "between records" else batches[-1] + 1000
+    os.truncate(snapshot, cut)
+    with pytest.raises(CorruptStorage, match=os.path.basename(snapshot)) as caught:
+        FileStorage(directory)
+    assert f"offset {end if where == 'between records' else batches[-1]}" in str(caught.value)
+    assert os.path.getsize(snapshot) == cut  # nothing was cut off or rewritten
+    salvaged = _contents(directory, salvage=True)  # what is left, and nothing wrong
+    assert all(bodies[mid] == body for mid, body in salvaged.items())
+    assert len(salvaged) == (len(bodies) if where == "between records" else 0)
+
+
 # -- URLs and the front ------------------------------------------------------------------------
 
 

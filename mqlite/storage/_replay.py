@@ -110,6 +110,7 @@ class Replayer:
         self._names: dict[bytes, str] = {}  # queue names met in records, decoded once
         self._snap_queue: QueueIndex | None = None  # the queue a snapshot is restoring
         self._snap_count = 0  # messages the current snapshot restored so far
+        self._in_snapshot = False  # between a SNAP_BEGIN and its SNAP_END
         self._records_end = 0  # where the records of the segment last replayed ended
         self.skipped = False  # salvage skipped something: the state may lack what it held
 
@@ -210,6 +211,7 @@ class Replayer:
         """
         path = self._file(number)
         self._segment = number
+        self._in_snapshot = False  # a snapshot lies within one file
         with open(path, "rb") as stream:
             data = stream.read()
         try:
@@ -234,13 +236,25 @@ class Replayer:
         limit = _log.padding_start(data)
         while True:
             stopped, last_kind = self._replay_records(data, start, limit, path, last_kind)
+            if stopped is None and self._in_snapshot:
+                # Compaction syncs a snapshot before giving it its name, so no crash leaves
+                # one unfinished: the file was cut short by something else.
+                if not self.salvage:
+                    raise CorruptStorage(
+                        f"{path}: the snapshot ends at offset {self._records_end} before its end record "
+                        "(the file was cut short); open with salvage=True to load what is left"
+                    )
+                self.skipped = True
+                self._in_snapshot = False
+                log.error("mqlite: %s: the snapshot ends at offset %d before its end record", path, self._records_end)
             if stopped is None:
                 if self._records_end < len(data):
                     # zero padding (preallocated space): dropped here, the storage preallocates anew
                     os.truncate(path, self._records_end)
                 return last_kind
             tail = data[stopped.offset :]
-            if newest and stopped.runs_past_end and not _log.good_records_follow(data, stopped.offset, limit):
+            torn = newest and stopped.runs_past_end and not _log.good_records_follow(data, stopped.offset, limit)
+            if torn and not self._in_snapshot:  # a snapshot is synced before it is named: never torn
                 log.warning(
                     "mqlite: %s: cutting off a torn tail of %d bytes at offset %d (%s)",
                     path,
@@ -655,6 +669,7 @@ class Replayer:
             self.index.last_id, self.index.last_token = last_id, last_token
             self._snap_queue = None
             self._snap_count = 0
+            self._in_snapshot = True
         elif kind == _log.SNAP_QUEUE:
             snap = _log.decode_snap_queue(data)
             target = self.index.queue(snap.spec.name)
@@ -673,6 +688,7 @@ class Replayer:
             if messages != self._snap_count:
                 raise _Diverged(f"the snapshot holds {self._snap_count} messages, not {messages}")
             self._snap_queue = None
+            self._in_snapshot = False
         # CLOSE: nothing to apply; it only says the log ended cleanly.
 
 
