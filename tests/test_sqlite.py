@@ -101,6 +101,47 @@ def test_another_applications_database_is_refused_and_left_alone(tmp_path):
     conn.close()
 
 
+def test_a_file_another_process_is_creating_is_not_called_a_foreign_one(tmp_path):
+    """Processes opening a new file at once: one may commit the schema while another checks
+    what the file is. The check reads the file's id, version and tables in one snapshot, so it
+    sees the file before or after the schema, never its tables without its application_id."""
+    path = tmp_path / "q.db"
+    with sqlite3.connect(path) as conn:  # as an opener leaves it just before creating the schema
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    creator = f"import mqlite; mqlite.SQLiteStorage({str(path)!r}).close()"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    class CreatedMidway:
+        """A connection on which another process creates the schema right after the first read."""
+
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        @property
+        def in_transaction(self) -> bool:
+            return self.conn.in_transaction
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            cursor = self.conn.execute(sql)
+            if sql.startswith("PRAGMA application_id"):
+                row = cursor.fetchone()  # the read is done (and the snapshot, if any, taken)
+                subprocess.run([sys.executable, "-c", creator], check=True, env=env, timeout=60)
+                return self.conn.execute("SELECT ?", row)
+            return cursor
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        tables, setup = _sqlite_schema.check_file(CreatedMidway(conn), str(path))  # type: ignore[arg-type]
+    finally:
+        conn.close()
+    assert (tables, setup) == (0, True)  # the state before the other process's commit
+    storage = SQLiteStorage(path)  # create_or_upgrade then finds the schema under the write lock
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"x")], T0)
+    storage.close()
+
+
 def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "q.db"
     SQLiteStorage(path).close()

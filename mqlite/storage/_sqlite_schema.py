@@ -169,9 +169,17 @@ def check_file(conn: sqlite3.Connection, path: str) -> tuple[int, bool]:
     SQLite database, is one of another application, or has a schema newer than this code
     knows: mqlite never writes into a file it cannot read correctly."""
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        # One read transaction, so the three reads see one state: another process may be
+        # creating the schema right now, and separate reads could see its tables without its
+        # application_id.
+        conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as error:
         if getattr(error, "sqlite_errorname", "SQLITE_NOTADB") == "SQLITE_NOTADB":
             raise StorageError(f"{path!r} is not an mqlite database (SQLite says: {error})") from error
