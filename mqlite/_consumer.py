@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
@@ -75,6 +77,7 @@ class Consumer(Generic[T]):
         self._held: dict[Message[T], None] = {}  # by delivery: one id may be held twice, once lost
         self._closed = False
         self._yielded = time.monotonic()
+        _consumers.add(self)
 
     def __repr__(self) -> str:
         return f"<Consumer of {self._queue.name!r} lease={self._lease:g} holding={len(self._held)}>"
@@ -800,3 +803,22 @@ async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel
     finally:
         if timer is not None:
             timer.cancel()
+
+
+_consumers: weakref.WeakSet[Consumer[Any]] = weakref.WeakSet()
+"""Every consumer of this process, for :func:`_hold_nothing_in_child`."""
+
+
+def _hold_nothing_in_child() -> None:
+    """In a forked child: the messages a consumer holds or has prefetched are deliveries of the
+    parent, which goes on settling and handing them out. The child's copy of a consumer holds
+    none of them, so closing it there cannot release the parent's leases, and a get there
+    cannot hand out a delivery the parent hands out too. (A message object the child was given
+    still settles, as any process may settle a delivery it knows.)"""
+    for consumer in list(_consumers):
+        consumer._buffer = deque()
+        consumer._held = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_hold_nothing_in_child)

@@ -313,6 +313,50 @@ def test_a_child_forked_while_the_parent_had_the_file_open_keeps_every_put(tmp_p
     _run_fresh(FORK_THEN_PARENT_CLOSES, tmp_path / "fork.db")
 
 
+FORK_WITH_MESSAGES_HELD = textwrap.dedent(
+    """
+    import os, sys
+    import mqlite
+
+    q = mqlite.Queue("jobs", storage=f"sqlite:///{sys.argv[1]}", lease=60.0)
+    q.put_many(["held", "job1", "job2", "job3", "free"])
+    first = q.get()  # held by the queue's own consumer
+    consumer = q.consumer(prefetch=3)
+    buffered = consumer.get()  # one handed out, two prefetched
+    assert (first.body, buffered.body, consumer.held) == ("held", "job1", 3)
+    pid = os.fork()
+    if pid == 0:  # the child holds nothing of the parent's, and closing it gives nothing back
+        code = 1
+        try:
+            assert consumer.held == 0, consumer.held
+            mine = consumer.get_nowait()  # from the storage, not the parent's prefetch buffer
+            assert mine.body == "free", mine.body
+            q.close()  # releases the child's own delivery only
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+    stats = q.stats()
+    assert (stats.ready, stats.in_flight) == (1, 4), stats  # "free" back; the parent's 4 still out
+    assert [consumer.get().body, consumer.get().body] == ["job2", "job3"]
+    first.ack()
+    buffered.ack()
+    assert q.get().body == "free"
+    q.close()
+    print("ok")
+    """
+)
+
+
+def test_a_forked_child_does_not_hand_out_or_release_the_parents_deliveries(tmp_path):
+    """Consumers made before a fork: in the child they hold none of the parent's deliveries,
+    so the child neither gives out the parent's prefetched messages again nor releases the
+    parent's leases when it closes the queue (which made another consumer receive a message
+    the parent still held)."""
+    _run_fresh(FORK_WITH_MESSAGES_HELD, tmp_path / "fork.db")
+
+
 FORK_MID_TRANSACTION = textwrap.dedent(
     """
     import asyncio, os, sys, threading, time
