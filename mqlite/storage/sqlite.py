@@ -89,6 +89,8 @@ def _seconds(what: str, value: object, alternative: str = "") -> None:
         raise TypeError(f"{what} must be {kind}, not {type(value).__name__}")
     if not 0.0 < value < math.inf:
         raise ValueError(f"{what} must be a positive, finite number of seconds, got {value!r}")
+
+
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
 
 
@@ -529,8 +531,8 @@ class SQLiteStorage(Combiner, Storage):
         self._lower_bound(qid, expires_at)
         if len(rows) > 1:  # RETURNING gives no order
             rows.sort(key=lambda row: (-row[5], row[0]))
-        return [
-            Leased(mid, token, body, attempts, enqueued_at, priority, group, loads_headers(headers), expires_at)
+        return [  # RETURNING gives a REAL column's whole numbers as ints: float() them
+            Leased(mid, token, body, attempts, float(enqueued_at), priority, group, loads_headers(headers), expires_at)
             for mid, token, body, attempts, enqueued_at, priority, group, headers in rows
         ]
 

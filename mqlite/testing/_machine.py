@@ -165,6 +165,7 @@ class StorageConformance(RuleBasedStateMachine):
         actual = [self._comparable(record) for record in got]
         assert actual == mapped, f"{what}:\n  storage {actual}\n  model   {mapped}"
         for record in got:
+            assert type(record.enqueued_at) is float, f"{what}: enqueued_at {record.enqueued_at!r} is not a float"
             if peeked:
                 assert record.token == 0, f"{what}: a peeked record has token {record.token}, not 0"
             else:
