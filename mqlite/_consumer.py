@@ -292,6 +292,8 @@ class Consumer(Generic[T]):
         taken = self._take(n)
         if taken:
             return taken, None, None
+        if taken is not None:  # it leased only bodies it cannot decode (dead-lettered now): again
+            return None, None, None
         if not block:
             raise Empty(f"no message is eligible in queue {queue.name!r}")
         remaining = None
@@ -364,6 +366,8 @@ class Consumer(Generic[T]):
             if channel.feeders:
                 fed_at = await queue._call(queue._feed, queue._clock())
             taken = await self._take_off_loop(n)
+            if taken is not None and not taken:  # only undecodable bodies (dead-lettered now): again
+                return None, None, None
         if taken:
             return taken, None, None
         remaining = None

@@ -45,6 +45,30 @@ def test_an_undecodable_body_goes_to_the_dead_letter_queue_and_the_next_is_deliv
     assert q.stats().dead == 1
 
 
+@pytest.mark.parametrize("storage_kind", ["memory", "blocking"])
+@pytest.mark.parametrize("how", ["get_nowait", "aget(timeout=0)", "get_many(timeout=0)"])
+def test_a_get_that_does_not_wait_skips_an_undecodable_body_to_the_next(storage_kind: str, how: str) -> None:
+    """Dead-lettering an undecodable body is not an empty queue: a get that does not wait
+    looks again at once, instead of raising Empty while another message is ready."""
+    storage = mqlite.MemoryStorage() if storage_kind == "memory" else BlockingMemoryStorage()
+    q: mqlite.Queue[object] = mqlite.Queue("jobs", storage=storage, serializer=Fussy(), clock=FakeClock())
+    q.put_many(["poison", "poison", "fine"], group="g" if how == "get_nowait" else None)
+    if how == "get_nowait":
+        body = q.get_nowait().body
+    elif how == "get_many(timeout=0)":
+        [msg] = q.get_many(5, timeout=0)
+        body = msg.body
+    else:
+
+        async def main() -> object:
+            return (await q.aget(timeout=0)).body
+
+        body = asyncio.run(main())
+    assert body == "fine"
+    assert q.stats().dead == 2
+    q.close()
+
+
 def test_undecodable_bodies_in_a_prefetched_batch_are_skipped() -> None:
     q: mqlite.Queue[object] = mqlite.Queue("jobs", serializer=Fussy(), clock=FakeClock())
     q.put_many(["a", "poison", "b"])
