@@ -489,20 +489,52 @@ class Consumer(Generic[T]):
             return []
 
     def __iter__(self) -> Iterator[Message[T]]:
-        """Receive messages, blocking for each, until the queue or this consumer is closed."""
-        while True:
-            try:
-                yield self.get()
-            except QueueClosed:
-                return
+        """Receive messages, blocking for each, until the queue or this consumer is closed.
+
+        A loop left early (``break``, an exception) gives back the prefetched messages it never
+        handed out, as :meth:`close` would: their leases would otherwise run out and count as
+        failed attempts of messages nobody saw. The message the loop was at stays held."""
+        try:
+            while True:
+                try:
+                    yield self.get()
+                except QueueClosed:
+                    return
+        finally:
+            if self._buffer:
+                self._give_back_buffer()
 
     async def __aiter__(self) -> AsyncIterator[Message[T]]:
-        """Receive messages, awaiting each, until the queue or this consumer is closed."""
+        """Receive messages, awaiting each, until the queue or this consumer is closed. A loop
+        left early gives back the prefetched messages it never handed out (see :meth:`__iter__`;
+        an ``async for`` loop's generator is finished when it is garbage-collected, or at once
+        with ``contextlib.aclosing``)."""
+        try:
+            while True:
+                try:
+                    yield await self.aget()
+                except QueueClosed:
+                    return
+        finally:
+            if self._buffer:
+                if self._queue._storage.blocking_io:
+                    await self._queue._call(self._give_back_buffer)
+                else:
+                    self._give_back_buffer()
+
+    def _give_back_buffer(self) -> None:
+        """Release the prefetched messages not handed out yet (ready at once, no attempt
+        counted). Each is taken off the buffer with ``popleft``, so a get in another thread
+        either receives it or leaves it to here."""
+        buffered: list[Message[T]] = []
         while True:
             try:
-                yield await self.aget()
-            except QueueClosed:
-                return
+                buffered.append(self._buffer.popleft())
+            except IndexError:
+                break
+        if buffered:
+            with contextlib.suppress(QueueClosed), self._queue._ops or NOTHING:
+                self._unreceive(buffered)
 
     # -- settling (called by Message) --------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -426,6 +427,57 @@ async def test_async_for_on_queue_ends_when_consumer_closes_in_loop():
         consumer.close()
         await asyncio.wait_for(task, TIMEOUT)
         assert got == ["only"]
+
+
+def _prefetching(storage_kind: str, tmp_path, clock: FakeClock) -> mqlite.Queue[str]:
+    storage = mqlite.SQLiteStorage(tmp_path / "q.db") if storage_kind == "sqlite" else mqlite.MemoryStorage()
+    q: mqlite.Queue[str] = mqlite.Queue("work", storage, clock=clock, lease=10.0, max_attempts=1)
+    q.put_many([f"m{n}" for n in range(6)])
+    return q
+
+
+@pytest.mark.parametrize("storage_kind", ["memory", "sqlite"])
+def test_leaving_a_loop_early_gives_back_the_prefetched_messages_it_never_handed_out(storage_kind, tmp_path):
+    """Left with ``break`` or an exception, the loop's prefetched messages go back at once,
+    with no attempt counted: left leased, their leases would run out and count as failed
+    attempts, dead-lettering (here, with max_attempts=1) messages nobody ever saw."""
+    clock = FakeClock()
+    q = _prefetching(storage_kind, tmp_path, clock)
+    consumer = q.consumer(prefetch=4)
+    for msg in consumer:
+        kept = msg
+        break
+    assert (kept.body, consumer.held, q.stats().in_flight, q.stats().ready) == ("m0", 1, 1, 5)
+
+    def handle_one() -> None:
+        for msg in consumer:
+            msg.ack()
+            raise KeyError("the handler failed")
+
+    with pytest.raises(KeyError):
+        handle_one()
+    assert (consumer.held, q.stats().in_flight, q.stats().ready) == (1, 1, 4)
+    clock.advance(60)  # every lease still running would end now
+    assert q.stats().dead == 1  # only m0, which the first loop handed out and nobody settled
+    assert [q.get().body for _ in range(4)] == ["m2", "m3", "m4", "m5"]
+    q.close()
+    q.storage.close()
+
+
+@pytest.mark.parametrize("storage_kind", ["memory", "sqlite"])
+@async_test
+async def test_leaving_an_async_loop_early_gives_back_the_prefetched_messages(storage_kind, tmp_path):
+    clock = FakeClock()
+    q = _prefetching(storage_kind, tmp_path, clock)
+    consumer = q.consumer(prefetch=4)
+    async with contextlib.aclosing(consumer.__aiter__()) as messages:
+        async for msg in messages:
+            await msg.aack()
+            break
+    assert (consumer.held, q.stats().in_flight, q.stats().ready) == (0, 0, 5)
+    assert (await q.aget()).attempts == 1
+    await q.aclose()
+    q.storage.close()
 
 
 # -- auto_extend ----------------------------------------------------------------------------------
