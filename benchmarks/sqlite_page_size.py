@@ -1,6 +1,6 @@
 """What SQLite's page size does to mqlite: single-message calls against batch puts.
 
-    python benchmarks/sqlite_page_size.py [--sizes 4096 2048 1024] [--n 2000] [--batch 10000] [--repeat 3]
+    python benchmarks/sqlite_page_size.py [--sizes 4096 2048 1024] [--n 2000] [--batch 10000] [--body 64] [--repeat 3]
 
 mqlite creates its database files with SQLite's default page size (4096 bytes). A WAL commit
 writes every page the transaction changed as a whole frame, so a smaller page writes fewer
@@ -9,8 +9,10 @@ number on that trade-off on this machine: for each page size it creates an empty
 that page size (``PRAGMA page_size`` before the first write; mqlite then creates its schema in
 the file and keeps the size), and runs, interleaved size by size in each repetition:
 
-* W5 normal / full: ``put``, ``get``, ``ack`` one message at a time (64-byte bodies);
-* W6 put_many: one ``put_many`` of ``--batch`` messages, ``durability="full"``.
+* W5 normal / full: ``put``, ``get``, ``ack`` one message at a time;
+* W6 put_many: one ``put_many`` of ``--batch`` messages, ``durability="full"``;
+
+with bodies of ``--body`` bytes (64 by default, as in ``python -m mqlite bench``).
 
 It prints the median rate of each, and its ratio to the first size given. The figures behind
 "Tried: smaller SQLite pages" in docs/performance.md come from this script.
@@ -30,25 +32,29 @@ from collections.abc import Callable
 import mqlite
 from mqlite.serializers import RAW
 
-Workload = Callable[[str, int], float]
+Workload = Callable[[str, int, int], float]
 
 
 def _create(path: str, page_size: int) -> None:
-    """An empty SQLite file in WAL mode whose pages are ``page_size`` bytes."""
+    """An empty SQLite file in WAL mode whose pages are ``page_size`` bytes, with incremental
+    auto-vacuum as mqlite sets it on the files it creates (it can no longer once the header
+    is written)."""
     conn = sqlite3.connect(path)
     try:
         conn.execute(f"PRAGMA page_size = {page_size}")
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")  # writes the header: the page size is fixed now
         assert conn.execute("PRAGMA page_size").fetchone()[0] == page_size
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     finally:
         conn.close()
 
 
 def _one_at_a_time(durability: str) -> Workload:
-    def run(path: str, n: int) -> float:
+    def run(path: str, n: int, size: int) -> float:
         storage = mqlite.SQLiteStorage(path, durability=durability)
         q: mqlite.Queue[bytes] = mqlite.Queue("bench", storage, serializer=RAW, lease=300.0)
-        bodies = [os.urandom(64) for _ in range(n)]
+        bodies = [os.urandom(size) for _ in range(n)]
         try:
             began = time.perf_counter()
             for body in bodies:
@@ -64,10 +70,10 @@ def _one_at_a_time(durability: str) -> Workload:
     return run
 
 
-def _put_many(path: str, n: int) -> float:
+def _put_many(path: str, n: int, size: int) -> float:
     storage = mqlite.SQLiteStorage(path, durability="full")
     q: mqlite.Queue[bytes] = mqlite.Queue("bench", storage, serializer=RAW, lease=300.0)
-    bodies = [os.urandom(64) for _ in range(n)]
+    bodies = [os.urandom(size) for _ in range(n)]
     try:
         q.put(b"warm-up")  # the queue's row and the schema exist before the clock starts
         began = time.perf_counter()
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 2048, 1024])
     parser.add_argument("--n", type=int, default=2000, help="messages of the one-at-a-time runs")
     parser.add_argument("--batch", type=int, default=10_000, help="messages of the put_many run")
+    parser.add_argument("--body", type=int, default=64, help="bytes per body")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     workloads: dict[str, tuple[Workload, int]] = {
@@ -102,11 +109,12 @@ def main() -> None:
                     directory = tempfile.mkdtemp(dir=root)
                     path = os.path.join(directory, "q.db")
                     _create(path, size)
-                    rates.setdefault((name, size), []).append(workload(path, n))
+                    rates.setdefault((name, size), []).append(workload(path, n, args.body))
                     shutil.rmtree(directory)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"medians of {args.repeat} interleaved repetitions; ratio to page size {args.sizes[0]}\n")
+    print(f"{args.body}-byte bodies; medians of {args.repeat} interleaved repetitions;", end=" ")
+    print(f"ratio to page size {args.sizes[0]}\n")
     print("| workload | page size | msg/s | ratio |")
     print("| --- | --- | --- | --- |")
     for name in workloads:
