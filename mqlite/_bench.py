@@ -563,6 +563,7 @@ def _sqlite_workloads(settings: Settings) -> list[Workload]:
                 Impl("mqlite SQLite full put / get / ack", sq.w5_mqlite("full")),
                 Impl("mqlite SQLite normal put / get / ack", sq.w5_mqlite("normal")),
                 Impl("machine limit: raw sqlite3 WAL FULL one-row commits / 2", sq.w5_raw_limit),
+                Impl("floor: raw sqlite3, mqlite's 3 transactions with put and ack synced", sq.w5_raw_floor),
             ),
             threads=False,
             size=max(200, settings.n // 100),

@@ -94,6 +94,44 @@ def w5_raw_limit(n: int) -> Result:
     return elapsed, clean()
 
 
+def w5_raw_floor(n: int) -> Result:
+    """The floor of mqlite's own way, without mqlite: raw sqlite3 on a table with one index,
+    three transactions a message (insert, claim the head, delete) committed with
+    ``synchronous=NORMAL``, and the WAL fdatasync'ed after the insert and the delete, as
+    ``durability="full"`` does. What the disk allows any code that keeps these promises."""
+    with _directory() as directory:
+        path = os.path.join(directory, "floor.db")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, state INTEGER, deadline REAL, body BLOB)")
+        conn.execute("CREATE INDEX m_order ON m (state, deadline)")
+        conn.execute("INSERT INTO m (state, deadline, body) VALUES (9, 0, x'')")  # the WAL exists now
+        wal = os.open(path + "-wal", os.O_RDONLY)
+        body = b"x" * 64
+        claim = (
+            "UPDATE m SET state = 1, deadline = ?"
+            " WHERE id = (SELECT id FROM m WHERE state = 0 ORDER BY deadline, id LIMIT 1) RETURNING id"
+        )
+        began = time.perf_counter()
+        for _ in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO m (state, deadline, body) VALUES (0, 0, ?)", (body,))
+            conn.execute("COMMIT")
+            os.fdatasync(wal)
+            conn.execute("BEGIN IMMEDIATE")
+            [(mid,)] = conn.execute(claim, (time.time() + 300,)).fetchall()
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM m WHERE id = ?", (mid,))
+            conn.execute("COMMIT")
+            os.fdatasync(wal)
+        elapsed = time.perf_counter() - began
+        os.close(wal)
+        conn.close()
+    return elapsed, clean()
+
+
 def w5_mqlite(durability: str) -> Runner:
     def run(n: int) -> Result:
         sent = bodies(0, n)
