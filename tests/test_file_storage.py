@@ -858,6 +858,63 @@ FORK_LEAVES_THE_STORAGE_TO_THE_PARENT = textwrap.dedent(
 )
 
 
+FORK_WHILE_OPENING_OR_CLOSING = textwrap.dedent(
+    """
+    import os, sys, time
+    from mqlite.storage import Envelope, QueueSpec, file
+    from mqlite.storage.file import FileStorage
+
+    path, moment = sys.argv[1], sys.argv[2]
+    storage = FileStorage(path)
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"kept")], time.time())
+    storage.close()
+    children = []
+    go = os.pipe()
+
+    def fork_here(original):
+        def forking(*args, **kwargs):
+            pid = os.fork()
+            if pid == 0:  # a child that only waits, holding whatever it inherited
+                os.close(go[1])
+                os.read(go[0], 1)
+                os._exit(0)
+            children.append(pid)
+            return original(*args, **kwargs)
+        return forking
+
+    if moment == "opening":
+        file.Replayer.run = fork_here(file.Replayer.run)
+    else:
+        FileStorage._drop_settled = fork_here(FileStorage._drop_settled)
+    storage = FileStorage(path)
+    storage.close()
+    assert children, "no fork happened"
+    again = FileStorage(path)  # the children live on, but hold no lock
+    assert [m.body for m in again.peek("q", 10, time.time())] == [b"kept"]
+    again.close()
+    os.write(go[1], b"x" * len(children))
+    for pid in children:
+        os.waitpid(pid, 0)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("moment", ["opening", "closing"])
+def test_a_child_forked_while_the_storage_opens_or_closes_holds_no_lock(tmp_path, moment):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_OPENING_OR_CLOSING, str(tmp_path / "q"), moment],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
 @pytest.mark.parametrize("durability", ["full", "normal"])
 def test_a_forked_child_leaves_the_storage_and_its_lock_to_the_parent(tmp_path, durability):
     """A FileStorage serves the process that opened it. A child forked from it refuses every

@@ -144,14 +144,15 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._opener = os.getpid()
         self._forked = False
         self._lock_fd = self._take_lock()
+        _open_storages.add(self)  # from the lock on: a child forked while it loads must drop it
         try:
             self._load()
         except BaseException as exc:
             self._release_files()
+            _open_storages.discard(self)
             if isinstance(exc, OSError):  # listing, opening, creating, cutting files: name the storage
                 raise StorageError(f"cannot open the log in {self.path!r}: {exc}") from exc
             raise
-        _open_storages.add(self)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else " failed" if self._failed is not None else ""
@@ -668,7 +669,6 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             self._closed = True
             if self._forked:  # the parent's files: nothing to write, nothing of ours to let go
                 return
-            _open_storages.discard(self)
             try:
                 if self._failed is None and self._fd >= 0:
                     try:
@@ -698,6 +698,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
                 with self._sync_mutex:
                     self._wait_idle()
                     self._release_files()
+                _open_storages.discard(self)  # only now: a child forked before must drop the lock
 
 
 _open_storages: weakref.WeakSet[FileStorage] = weakref.WeakSet()
