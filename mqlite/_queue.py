@@ -387,11 +387,20 @@ class Queue(Generic[T]):
             envelopes = [Envelope(encode(body, i)) for i, body in enumerate(bodies)]
         else:
             envelopes = [options._replace(body=encode(body, i)) for i, body in enumerate(bodies)]
-        if self._maxsize and len(envelopes) > self._maxsize:
-            raise ValueError(
-                f"put_many of {len(envelopes)} messages can never fit in queue {self._name!r} (maxsize {self._maxsize})"
-            )
+        if self._maxsize and len(envelopes) > self._maxsize and batch_key is None:
+            raise self._never_fits(len(envelopes))
         return envelopes
+
+    def _never_fits(self, count: int) -> ValueError:
+        where = f"queue {self._name!r} (maxsize {self._maxsize})"
+        return ValueError(f"put_many of {count} messages can never fit in {where}")
+
+    def _room_needed(self, count_new: int) -> int:
+        """The places a batch with dedup keys that found no room waits for: its new messages
+        alone (its duplicates take none), at least one; ValueError if they can never fit."""
+        if count_new > self._maxsize:
+            raise self._never_fits(count_new)
+        return max(count_new, 1)
 
     def _announce(self, envelopes: Sequence[Envelope], now: float) -> None:
         """Wake getters for messages just put: one per ready message, and one more to take
@@ -426,6 +435,8 @@ class Queue(Generic[T]):
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = relay = False
+        need = len(envelopes)  # the places to wait for
+        keyed = need > 1 and any(envelope.dedup_key is not None for envelope in envelopes)
         while True:
             try:
                 with self._ops or NOTHING:  # each attempt, not the sleep
@@ -441,14 +452,16 @@ class Queue(Generic[T]):
                             channel.notify(channel.putters, 1, True)
                         return ids
                     if woken:
-                        channel.pass_room(len(envelopes), relay)
+                        channel.pass_room(need, relay)
+                    if keyed:
+                        need = self._room_needed(self._storage.count_new(self._name, envelopes, now))
                     remaining = self._room_wait_time(block, deadline)
                     remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1, relay)  # this caller cannot use its wake-up
                 raise
-            waiter = ThreadWaiter(self, len(envelopes))
+            waiter = ThreadWaiter(self, need)
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue
@@ -465,6 +478,8 @@ class Queue(Generic[T]):
         channel = self._channel
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = relay = False
+        need = len(envelopes)  # the places to wait for
+        keyed = need > 1 and any(envelope.dedup_key is not None for envelope in envelopes)
         while True:
             try:
                 with self._ops or NOTHING:  # each attempt, not the sleep
@@ -484,14 +499,17 @@ class Queue(Generic[T]):
                             channel.notify(channel.putters, 1, True)
                         return ids
                     if woken:
-                        channel.pass_room(len(envelopes), relay)
+                        channel.pass_room(need, relay)
+                    if keyed:
+                        count_new = await self._call(self._storage.count_new, self._name, envelopes, now)
+                        need = self._room_needed(count_new)
                     remaining = self._room_wait_time(True, deadline)
                     remaining = self._until(await self._call(self._storage.next_wakeup, self._name, now), remaining)
             except BaseException as error:
                 if woken and not isinstance(error, Full):
                     channel.notify(channel.putters, 1, relay)
                 raise
-            waiter = AsyncWaiter(self, len(envelopes))
+            waiter = AsyncWaiter(self, need)
             with channel.mutex:
                 if channel.epoch != epoch or self._closed:
                     continue

@@ -675,6 +675,87 @@ def test_aput_many_dedup_key_names_the_batch(q: mqlite.Queue[object]) -> None:
     assert q.qsize() == 2
 
 
+def _bounded(kind: str, tmp_path: Path, clock: FakeClock, maxsize: int) -> mqlite.Queue[str]:
+    storage: mqlite.storage.Storage
+    if kind == "sqlite":
+        storage = mqlite.SQLiteStorage(tmp_path / "q.db")
+    elif kind == "file":
+        storage = mqlite.FileStorage(tmp_path / "q")
+    else:
+        storage = mqlite.MemoryStorage()
+    return mqlite.Queue("bounded", storage, clock=clock, maxsize=maxsize)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file"])
+def test_a_keyed_retry_needs_room_for_its_new_messages_only(kind: str, tmp_path: Path, clock: FakeClock) -> None:
+    q = _bounded(kind, tmp_path, clock, maxsize=2)
+    first = q.put_many(["a", "b"], dedup_key="k")
+    for _ in range(2):
+        q.get().ack()
+    longer = q.put_many(["a", "b", "c"], dedup_key="k", block=False)  # 3 > maxsize, 1 new
+    assert longer[:2] == first
+    with pytest.raises(ValueError, match="3 messages can never fit"):  # 3 new: never, said at once
+        q.put_many(["x", "y", "z"], dedup_key="other", timeout=TIMEOUT)
+    assert [m.body for m in q.peek(5)] == ["c"]
+    q.close()
+    q.storage.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file"])
+def test_a_blocked_keyed_retry_is_woken_by_room_for_its_new_messages(
+    kind: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The room a getter makes goes to the first putter it fits: a keyed retry whose one new
+    message fits is woken, even behind a putter that needs more (it waits for room for its
+    new messages, not for the whole batch)."""
+    q = _bounded(kind, tmp_path, clock, maxsize=3)
+    first = q.put_many(["a", "b"], dedup_key="k")
+    for _ in range(2):
+        q.get().ack()
+    q.put_many(["p1", "p2", "p3"])  # full
+    plain = start_thread(q.put_many, ["c1", "c2"])  # needs 2 places
+    wait_until(lambda: waiting(q, "putters") == 1, what="the plain put_many to block")
+    retry = start_thread(lambda: q.put_many(["a", "b", "c"], dedup_key="k"))  # needs 1
+    wait_until(lambda: waiting(q, "putters") == 2, what="the retry to block")
+    q.get().ack()  # one place
+    ids = retry.finish()
+    assert ids[:2] == first
+    assert waiting(q, "putters") == 1  # the plain one still waits, for 2 places
+    q.get().ack()
+    q.get().ack()
+    plain.finish()
+    assert q.qsize() == 3
+    q.close()
+    q.storage.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_blocked_keyed_aput_many_is_woken_by_room_for_its_new_messages(
+    kind: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    q = _bounded(kind, tmp_path, clock, maxsize=3)
+    first = q.put_many(["a", "b"], dedup_key="k")
+    for _ in range(2):
+        q.get().ack()
+    q.put_many(["p1", "p2", "p3"])
+
+    async def main() -> list[int]:
+        plain = asyncio.create_task(q.aput_many(["c1", "c2"]))
+        await async_wait_until(lambda: waiting(q, "putters") == 1)
+        retry = asyncio.create_task(q.aput_many(["a", "b", "c"], dedup_key="k"))
+        await async_wait_until(lambda: waiting(q, "putters") == 2)
+        await (await q.aget()).aack()
+        ids = await asyncio.wait_for(retry, TIMEOUT)
+        for _ in range(2):
+            await (await q.aget()).aack()
+        await asyncio.wait_for(plain, TIMEOUT)
+        return ids
+
+    assert asyncio.run(main())[:2] == first
+    q.close()
+    q.storage.close()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_put_many_dedup_key_survives_reopening(kind: str, tmp_path: Path, clock: FakeClock) -> None:
     def open_queue() -> mqlite.Queue[str]:

@@ -217,19 +217,12 @@ class QueueIndex:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def put(self, envelopes: Sequence[Envelope], now: float, maxsize: int, storage: Index) -> list[int] | None:
-        """See :meth:`Storage.put`; ids come from ``storage.take_ids``. The plain single put
-        never gets here: :meth:`Index.put` does it inline, saving a call per message."""
-        window = self.spec.dedup_window
+    def duplicates(self, envelopes: Sequence[Envelope], now: float) -> dict[int, int] | None:
+        """The envelopes a put at ``now`` would not store, by position: the id their dedup key
+        names, or, for a key repeated within the batch, ``-1 - position`` of its first envelope
+        (None if there are none). Reads the window as it is at ``now``, changing nothing."""
         dedup = self.dedup
-        if dedup:
-            order = self.dedup_order
-            while order and order[0][0] + window <= now:
-                first_at, old_key = order.popleft()
-                seen = dedup.get(old_key)
-                if seen is not None and seen[1] == first_at:
-                    del dedup[old_key]
-        fresh = len(envelopes)
+        window = self.spec.dedup_window
         duplicates: dict[int, int] | None = None
         batch_keys: dict[str, int] | None = None
         for position, envelope in enumerate(envelopes):
@@ -244,14 +237,29 @@ class QueueIndex:
                     batch_keys = {}
                 earlier = None
                 if key in batch_keys:
-                    earlier = -1 - batch_keys[key]  # a position in this batch, resolved below
+                    earlier = -1 - batch_keys[key]  # a position in this batch, resolved by put
                 else:
                     batch_keys[key] = position
             if earlier is not None:
                 if duplicates is None:
                     duplicates = {}
                 duplicates[position] = earlier
-                fresh -= 1
+        return duplicates
+
+    def put(self, envelopes: Sequence[Envelope], now: float, maxsize: int, storage: Index) -> list[int] | None:
+        """See :meth:`Storage.put`; ids come from ``storage.take_ids``. The plain single put
+        never gets here: :meth:`Index.put` does it inline, saving a call per message."""
+        window = self.spec.dedup_window
+        dedup = self.dedup
+        if dedup:
+            order = self.dedup_order
+            while order and order[0][0] + window <= now:
+                first_at, old_key = order.popleft()
+                seen = dedup.get(old_key)
+                if seen is not None and seen[1] == first_at:
+                    del dedup[old_key]
+        duplicates = self.duplicates(envelopes, now)
+        fresh = len(envelopes) - (len(duplicates) if duplicates else 0)
         if maxsize and fresh and self.n_ready + self.n_delayed + fresh > maxsize:
             return None
         next_id = storage.take_ids(fresh)
@@ -598,6 +606,16 @@ class Index:
                     _heappush(heap, mid)
                 return [mid]
         return index.put(envelopes, now, maxsize, self)
+
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        """See :meth:`Storage.count_new` (the dedup window depends on ``now`` alone: no time
+        needs applying first)."""
+        index = self.queues.get(queue)
+        if index is None:  # no key seen yet: only keys repeated within the batch are duplicates
+            keys = [envelope.dedup_key for envelope in envelopes if envelope.dedup_key is not None]
+            return len(envelopes) - (len(keys) - len(set(keys)))
+        duplicates = index.duplicates(envelopes, now)
+        return len(envelopes) - (len(duplicates) if duplicates else 0)
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
         index = self.queues.get(queue)

@@ -171,6 +171,15 @@ class Storage(abc.ABC):
         only needs no room).
         """
 
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        """How many of ``envelopes`` a :meth:`put` at ``now`` would store: all but those whose
+        ``dedup_key`` is in the queue's window (or repeats a key earlier in the batch).
+
+        The front asks only when a batch with dedup keys found no room, to wait for room for
+        its new messages alone. Optional: the default, ``len(envelopes)``, makes such a batch
+        wait for room for all of it, never wrongly, sometimes longer than needed."""
+        return len(envelopes)
+
     @abc.abstractmethod
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
         """Take up to ``n`` eligible messages in delivery order and lease them until now + lease.

@@ -523,6 +523,11 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._commit(end)
         return ids
 
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        with self._lock:
+            self._usable()
+            return self._index.count_new(queue, envelopes, now)
+
     @staticmethod
     def _checked(envelope: Envelope) -> Envelope:
         body = envelope.body

@@ -54,6 +54,11 @@ class MemoryStorage(Storage):
         finally:
             lock.release()
 
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        with self._lock:
+            self._check()
+            return self._index.count_new(queue, envelopes, now)
+
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:
         lock = self._lock  # acquire/release: half the cost of ``with`` on this per-message path
         lock.acquire()

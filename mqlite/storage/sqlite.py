@@ -426,14 +426,12 @@ class SQLiteStorage(Combiner, Storage):
         )
         self._writes += 1
 
-    def _do_put(
-        self, conn: sqlite3.Connection, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int
-    ) -> list[int] | None:
-        qid = self._qid(conn, queue)
-        self._advance(conn, qid, now)
-        count = len(envelopes)
-        if not count:
-            return []
+    def _duplicates(
+        self, conn: sqlite3.Connection, qid: int, envelopes: Sequence[Envelope], now: float
+    ) -> tuple[dict[int, int] | None, dict[str, int] | None]:
+        """The envelopes a put at ``now`` would not store, by position (the id their key names,
+        or ``-1 - position`` of the batch's first envelope with that key), and the new keys by
+        position; (None, None) if no envelope has a key."""
         duplicates: dict[int, int] | None = None
         keys: dict[str, int] | None = None
         window = 0.0
@@ -454,6 +452,21 @@ class SQLiteStorage(Combiner, Storage):
                 duplicates[position] = seen[0]
             else:
                 keys[key] = position
+        return duplicates, keys
+
+    def _do_count_new(self, conn: sqlite3.Connection, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        duplicates, _ = self._duplicates(conn, self._qid(conn, queue), envelopes, now)
+        return len(envelopes) - (len(duplicates) if duplicates else 0)
+
+    def _do_put(
+        self, conn: sqlite3.Connection, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int
+    ) -> list[int] | None:
+        qid = self._qid(conn, queue)
+        self._advance(conn, qid, now)
+        count = len(envelopes)
+        if not count:
+            return []
+        duplicates, keys = self._duplicates(conn, qid, envelopes, now)
         fresh = count - (len(duplicates) if duplicates else 0)
         if maxsize and fresh:
             ready, delayed, _ = conn.execute(COUNTS, {"qid": qid}).fetchone()
@@ -509,6 +522,7 @@ class SQLiteStorage(Combiner, Storage):
                 [(qid, key, ids[position], now) for key, position in keys.items()],
             )
             if self._writes % 1024 < len(keys):  # now and then, forget keys whose window closed
+                window = self._spec(conn, qid)[3]
                 conn.execute("DELETE FROM mq_dedup WHERE qid = ? AND first_at + ? <= ?", (qid, window, now))
         return ids
 
@@ -783,6 +797,10 @@ class SQLiteStorage(Combiner, Storage):
 
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
         result: list[int] | None = self._submit(self._do_put, True, queue, envelopes, now, maxsize)
+        return result
+
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        result: int = self._submit(self._do_count_new, False, queue, envelopes, now)
         return result
 
     def lease(self, queue: str, n: int, now: float, lease: float) -> list[Leased]:

@@ -249,6 +249,10 @@ class StorageConformance(RuleBasedStateMachine):
         self._put(queue, [envelope], 0, self._tick(dt))
 
     def _put(self, queue: str, envelopes: list[Envelope], maxsize: int, now: float) -> None:
+        if type(self.storage).count_new is not Storage.count_new:  # the default is all of them
+            counted = self.storage.count_new(queue, envelopes, now)
+            expected = self.model.count_new(queue, envelopes, now)
+            assert counted == expected, f"count_new({envelopes}) on {queue!r}: storage {counted}, model {expected}"
         want = self.model.put(queue, envelopes, now, maxsize)
         got = self.storage.put(queue, envelopes, now, maxsize)
         what = f"put {envelopes} to {queue!r} (maxsize {maxsize})"

@@ -183,24 +183,33 @@ class ReferenceModel(Storage):
         with self._lock:
             self._queue(spec.name).spec = spec
 
+    @staticmethod
+    def _plan(q: _Queue | None, envelopes: Sequence[Envelope], now: float) -> list[int | None]:
+        """For each envelope, which earlier id it repeats: None for a new message, else the
+        earlier id, or ``-1 - position`` of the batch's first envelope with its key."""
+        seen = {} if q is None else {k: mid for k, (mid, first) in q.dedup.items() if now < first + q.spec.dedup_window}
+        plan: list[int | None] = []
+        batch: dict[str, int] = {}
+        for position, envelope in enumerate(envelopes):
+            key = envelope.dedup_key
+            if key is not None and key in seen:
+                plan.append(seen[key])
+            elif key is not None and key in batch:
+                plan.append(-1 - batch[key])
+            else:
+                plan.append(None)
+                if key is not None:
+                    batch[key] = position
+        return plan
+
+    def count_new(self, queue: str, envelopes: Sequence[Envelope], now: float) -> int:
+        with self._lock:
+            return self._plan(self.queues.get(queue), envelopes, now).count(None)
+
     def put(self, queue: str, envelopes: Sequence[Envelope], now: float, maxsize: int = 0) -> list[int] | None:
         with self._lock:
             q = self._touch(queue, now)
-            window = q.spec.dedup_window
-            # First decide, for each envelope, which earlier id it repeats (None: a new message).
-            seen = {key: mid for key, (mid, first) in q.dedup.items() if now < first + window}
-            plan: list[int | None] = []  # None: new; else: the earlier id, or -1 - position in batch
-            batch: dict[str, int] = {}
-            for position, envelope in enumerate(envelopes):
-                key = envelope.dedup_key
-                if key is not None and key in seen:
-                    plan.append(seen[key])
-                elif key is not None and key in batch:
-                    plan.append(-1 - batch[key])
-                else:
-                    plan.append(None)
-                    if key is not None:
-                        batch[key] = position
+            plan = self._plan(q, envelopes, now)
             fresh = plan.count(None)
             if maxsize > 0 and fresh and q.count(READY) + q.count(DELAYED) + fresh > maxsize:
                 return None
