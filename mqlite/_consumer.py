@@ -12,7 +12,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, final
+from typing import TYPE_CHECKING, Any, Final, Generic, final
 
 from typing_extensions import TypeVar
 
@@ -63,6 +63,7 @@ class Consumer(Generic[T]):
         "_lease",
         "_prefetch",
         "_queue",
+        "_sweep_at",
         "_yielded",
     )
 
@@ -75,6 +76,7 @@ class Consumer(Generic[T]):
         self._auto_extend = auto_extend
         self._buffer: deque[Message[T]] = deque()
         self._held: dict[Message[T], None] = {}  # by delivery: one id may be held twice, once lost
+        self._sweep_at = _SWEEP_MIN  # when _held reaches this size, forget deliveries whose lease ended
         self._closed = False
         self._yielded = time.monotonic()
         _consumers.add(self)
@@ -171,7 +173,10 @@ class Consumer(Generic[T]):
                         queue._keeper().watch(self)
                     return []
             message: Message[T] = Message(record, body, self)
-            self._held[message] = None
+            held = self._held
+            held[message] = None
+            if len(held) >= self._sweep_at:
+                self._forget_ended()
             if queue._closed or self._closed:  # closed since the check above: close may have
                 self._give_back([message], defer)  # drained _held before this message was in it
             if self._auto_extend:
@@ -198,6 +203,8 @@ class Consumer(Generic[T]):
             messages.append(message)
         if poisoned:
             _now_or_later(defer, self._reject_undecodable, poisoned)
+        if len(held) >= self._sweep_at:
+            self._forget_ended()
         if queue._closed or self._closed:  # as in the one-record path
             self._give_back(messages, defer)
         if self._auto_extend:
@@ -206,6 +213,20 @@ class Consumer(Generic[T]):
             self._buffer.extend(messages[n:])
             del messages[n:]
         return messages
+
+    def _forget_ended(self) -> None:
+        """Stop holding deliveries whose lease ended unsettled (a handler that failed without a
+        settle, say): the storage made them ready again or dead, so closing has nothing to give
+        back for them, and held for ever they would grow this consumer without bound. They can
+        still be settled late. Run when ``_held`` doubled since the last time, so it costs O(1)
+        per delivery."""
+        now = self._queue._clock()
+        held = self._held
+        for message in list(held):
+            expires = message._expires
+            if expires is not None and expires <= now:
+                held.pop(message, None)
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(held))
 
     def _watch_last_attempts(self, records: list[Leased], limit: int) -> None:
         """A lease at the last attempt moves its message to the dead-letter queue if it ends
@@ -840,6 +861,9 @@ async def _sleep_on(waiter: AsyncWaiter, timeout: float | None, channel: Channel
         if timer is not None:
             timer.cancel()
 
+
+_SWEEP_MIN: Final = 256
+"""The fewest held deliveries at which a consumer looks for ones whose lease ended."""
 
 _consumers: weakref.WeakSet[Consumer[Any]] = weakref.WeakSet()
 """Every consumer of this process, for :func:`_hold_nothing_in_child`."""

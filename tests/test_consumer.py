@@ -480,6 +480,30 @@ async def test_leaving_an_async_loop_early_gives_back_the_prefetched_messages(st
     q.storage.close()
 
 
+def test_deliveries_whose_lease_ended_unsettled_are_not_held_for_ever():
+    """A worker whose handler sometimes fails without settling must not grow without bound:
+    a delivery whose lease ended is forgotten by its consumer (it can still be settled late)."""
+    clock = FakeClock()
+    q = mqlite.Queue("work", clock=clock, lease=1.0, max_attempts=None)
+    q.put_many(range(5))
+    consumer = q.consumer()
+    for _ in range(3000):
+        consumer.get()  # abandoned: the handler crashed before settling
+        clock.advance(2)  # its lease ends; the message is ready again
+    assert consumer.held <= 512
+    consumer.close()
+    assert q.stats().in_flight == 0
+    q.get_many(5)  # drained: all five in flight for a second
+    clock.advance(2)
+    late = q.consumer()
+    msg = late.get()
+    clock.advance(2)
+    late._forget_ended()  # as a later receive would, past the threshold
+    assert late.held == 0
+    msg.ack()  # a late settle still works: nobody received it again
+    assert q.stats().ready == 4
+
+
 # -- auto_extend ----------------------------------------------------------------------------------
 
 
