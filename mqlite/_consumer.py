@@ -18,6 +18,7 @@ from typing_extensions import TypeVar
 
 from . import _validate
 from ._errors import Empty, Error, LeaseLost, QueueClosed, SerializationError
+from ._keeper import forget
 from ._message import Message, Verb
 from ._operations import NOTHING
 from ._waiting import NEVER, AsyncWaiter, Channel, ThreadWaiter, Waiter, _resolve
@@ -805,6 +806,8 @@ class Consumer(Generic[T]):
                     self._release_held()
         except QueueClosed:  # the queue closed its storage: it released what this consumer held
             pass
+        if self._auto_extend:
+            forget(queue._storage, [self])  # its keeper's thread ends now if nothing else is due
         queue._channel.close_owner(self)
 
     def __enter__(self) -> Consumer[T]:

@@ -48,6 +48,19 @@ class LeaseKeeper:
                 self._thread.start()
             self._condition.notify()
 
+    def forget(self, consumers: list[Consumer[Any]]) -> None:
+        """Stop watching ``consumers`` (closed): drop their renewals and wake the thread, which
+        ends at once if nothing else is due, instead of sleeping until their next renewal."""
+        with self._condition:
+            gone = [consumer for consumer in consumers if consumer in self._watched]
+            if not gone:
+                return
+            for consumer in gone:
+                self._watched.discard(consumer)
+            self._due = [entry for entry in self._due if entry[2]() not in gone]
+            heapq.heapify(self._due)
+            self._condition.notify()
+
     def _run(self) -> None:
         try:
             while self._turn():
@@ -101,6 +114,14 @@ def _forget_keepers() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_keepers)
+
+
+def forget(storage: object, consumers: list[Consumer[Any]]) -> None:
+    """Tell ``storage``'s lease keeper, if it has one, that ``consumers`` closed."""
+    with _keepers_lock:
+        found = _keepers.get(storage)
+    if found is not None:
+        found.forget(consumers)
 
 
 def keeper(storage: object) -> LeaseKeeper:

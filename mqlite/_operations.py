@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 
 from ._errors import QueueClosed
@@ -42,6 +43,7 @@ class Operations:
 
     __slots__ = (
         "__weakref__",
+        "_after_close",
         "_closed",
         "_closers",
         "_closing",
@@ -54,9 +56,10 @@ class Operations:
         "_watchers",
     )
 
-    def __init__(self, storage: Storage, name: str) -> None:
+    def __init__(self, storage: Storage, name: str, after_close: Callable[[], None] | None = None) -> None:
         self._storage = storage
         self._name = name
+        self._after_close = after_close  # run once the storage closed (the queue lets its I/O threads go)
         # Reentrant: release() may run from a finalizer (an abandoned coroutine inside an
         # operation, collected) on a thread that holds it already.
         self._done = threading.Condition(threading.RLock())
@@ -190,6 +193,8 @@ class Operations:
             error = exc
             log.warning("mqlite: closing the storage of queue %r failed: %s", self._name, exc)
         finally:
+            if self._after_close is not None:
+                self._after_close()
             with self._done:
                 self._error = error
                 self._finished = True

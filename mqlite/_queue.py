@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from typing_extensions import TypeVar
 from . import _validate
 from ._consumer import YIELD_EVERY, Consumer, _sleep_on
 from ._errors import Full, LeaseLost, QueueClosed, SerializationError
-from ._keeper import LeaseKeeper, keeper
+from ._keeper import LeaseKeeper, forget, keeper
 from ._message import Message
 from ._operations import NOTHING, Operations
 from ._producer import Producer
@@ -45,7 +46,8 @@ def _io_executor(storage: Storage) -> concurrent.futures.ThreadPoolExecutor:
     """The threads that run ``storage``'s calls for coroutines (for storages that may block on
     I/O). One pool per storage: a storage that stalls (an SQLite file another process keeps
     locked) occupies only its own threads, and coroutines using other storages go on. The
-    pool's threads end when the storage is garbage-collected."""
+    pool's threads end when a queue closes the storage it made, or else when the storage is
+    garbage-collected."""
     with _io_pool_lock:
         pool = _io_pools.get(storage)
         if pool is None:
@@ -54,6 +56,16 @@ def _io_executor(storage: Storage) -> concurrent.futures.ThreadPoolExecutor:
             )
             weakref.finalize(storage, pool.shutdown, wait=False)
         return pool
+
+
+def _retire_io_pool(storage: Storage) -> None:
+    """Let the I/O threads of ``storage`` go (a storage a queue made and has closed): without
+    this they would end only when the garbage collector frees the storage, which a queue per
+    request can outrun by hundreds of threads. Calls running or queued still finish."""
+    with _io_pool_lock:
+        pool = _io_pools.pop(storage, None)
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 def _forget_io_pool() -> None:
@@ -157,7 +169,11 @@ class Queue(Generic[T]):
             serializer = JSON
         self._storage = storage
         # Operations under way, counted when the queue owns a storage that keeps what it stores.
-        self._ops = Operations(storage, self._name) if self._owns_storage and storage.blocking_io else None
+        self._ops = (
+            Operations(storage, self._name, functools.partial(_retire_io_pool, storage))
+            if self._owns_storage and storage.blocking_io
+            else None
+        )
         self._serializer = serializer
         self._clock: Callable[[], float] = clock or time.time
         self._spec = QueueSpec(self._name, max_attempts, dead_letter, dedup_window)
@@ -970,6 +986,7 @@ class Queue(Generic[T]):
             for consumer in consumers:
                 consumer._release_held()
         finally:
+            forget(self._storage, consumers)  # a lease keeper left with nothing to renew ends now
             for consumer in consumers:
                 self._channel.close_owner(consumer)
             self._channel.close_owner(self)

@@ -1378,3 +1378,29 @@ def test_close_amid_many_getters_leaves_no_lease_behind(round_number):
     assert stats.in_flight == 0, stats
     assert stats.ready + stats.delayed + sum(acked.values()) + stats.dead == total, (stats, acked)
     after.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite", "file"])
+def test_a_queue_that_closes_its_own_storage_lets_its_io_threads_go(url, tmp_path):
+    """A queue per request (``asyncio.run`` each, a storage made from a URL): once the queue
+    closed its storage, that storage's I/O threads end, without waiting for the garbage
+    collector (the queue and its consumers refer to each other, so only a cyclic collection
+    would free the storage, and until then hundreds of idle threads piled up)."""
+    gc.disable()
+    try:
+        threads = []
+        for number in range(3):
+            where = f"sqlite:///{tmp_path}/q{number}.db" if url == "sqlite" else f"file://{tmp_path}/q{number}"
+
+            async def request(where: str) -> None:
+                q: mqlite.Queue[str] = mqlite.Queue("jobs", storage=where)
+                await q.aput("job")
+                await (await q.aget()).aack()
+                threads.extend(_io_executor(q.storage)._threads)
+                await q.aclose()
+
+            asyncio.run(request(where))
+        assert threads
+        wait_until(lambda: not any(thread.is_alive() for thread in threads), what="the I/O threads to end")
+    finally:
+        gc.enable()

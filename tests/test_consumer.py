@@ -658,3 +658,22 @@ def test_auto_extend_stops_after_settle_and_close():
         assert (again.body, again.attempts) == ("b", 1)
         wait_until(lambda: holder not in keeper(q.storage)._watched, what="the keeper to drop the closed consumer")
         again.ack()
+
+
+@pytest.mark.parametrize("closing", ["consumer", "queue"])
+def test_the_lease_keeper_thread_ends_when_its_consumers_close(closing):
+    """A queue per request with an auto-extending consumer: once closed, its storage's keeper
+    thread ends at once, not after lease / 3 (10 s by default; 20 minutes for a 1-hour lease)."""
+    q = mqlite.Queue("work", lease=3600.0)
+    q.put("job")
+    consumer = q.consumer(auto_extend=True)
+    consumer.get()
+    found = keeper(q.storage)
+    assert found._thread is not None
+    assert found._thread.is_alive()
+    if closing == "consumer":
+        consumer.close()
+    else:
+        q.close()
+    wait_until(lambda: found._thread is None, what="the keeper thread to end")
+    q.close()
