@@ -23,7 +23,7 @@ from hypothesis import settings
 import mqlite
 from mqlite.storage import Envelope, Outcome, QueueSpec, _sqlite_combiner, _sqlite_schema, sqlite as sqlite_module
 from mqlite.storage.sqlite import SQLiteStorage
-from mqlite.testing import make_conformance_test
+from mqlite.testing import FakeClock, make_conformance_test
 
 _dirs = tempfile.TemporaryDirectory(prefix="mqlite-sqlite-conformance-")
 atexit.register(_dirs.cleanup)  # explicitly, not by the finalizer (a ResourceWarning)
@@ -947,4 +947,25 @@ def test_a_database_deleted_while_open_is_reported_at_the_next_synced_call(tmp_p
         storage.put("q", [Envelope(b"after")], T0)
     with pytest.raises(mqlite.StorageError, match="open the file again"):
         storage.lease("q", 1, T0, 30.0)
+    storage.close()
+
+
+def test_expired_dedup_keys_are_deleted_whatever_else_the_process_writes(tmp_path):
+    """Keys whose window closed are deleted every so many keyed puts into their queue; the
+    sweep once hung on a process-wide write counter, so a queue whose keyed puts fell on the
+    wrong counts (here, a plain put between each) kept every key it was ever given."""
+    clock = FakeClock()
+    storage = SQLiteStorage(tmp_path / "q.db", durability="normal")
+    keyed = mqlite.Queue("keyed", storage, clock=clock, dedup_window=1.0)
+    plain = mqlite.Queue("plain", storage, clock=clock)
+    for number in range(3000):
+        keyed.put("x", dedup_key=f"k{number}")
+        keyed.get().ack()
+        plain.put("y")
+        plain.get().ack()
+        clock.advance(2.0)  # the key's window is over
+    rows = storage._connection().execute("SELECT count(*) FROM mq_dedup").fetchone()[0]
+    assert rows <= 1100, rows
+    keyed.close()
+    plain.close()
     storage.close()

@@ -91,6 +91,8 @@ def _seconds(what: str, value: object, alternative: str = "") -> None:
         raise ValueError(f"{what} must be a positive, finite number of seconds, got {value!r}")
 
 
+_DEDUP_SWEEP: Final = 1024
+"""Dedup keys a process puts into a queue between two deletions of the queue's expired keys."""
 _VACUUM_SLACK: Final = 256  # free pages kept for reuse (1 MiB at 4 KiB pages)
 
 
@@ -173,6 +175,7 @@ class SQLiteStorage(Combiner, Storage):
     def _forget(self) -> None:
         """Drop every cache (another process wrote, or a transaction rolled back)."""
         self._bound: dict[int, float] = {}  # qid -> lower bound of its delayed/in-flight deadlines
+        self._keyed: dict[int, int] = {}  # qid -> dedup keys this process put there since it last swept them
         self._empty: dict[int, tuple[int, float]] = {}  # qid -> (writes, bound) when lease found none
         self._wake: dict[int, tuple[int, float | None]] = {}  # qid -> (writes, exact next deadline)
         self._dv = -1
@@ -521,9 +524,12 @@ class SQLiteStorage(Combiner, Storage):
                 "INSERT OR REPLACE INTO mq_dedup (qid, key, id, first_at) VALUES (?, ?, ?, ?)",
                 [(qid, key, ids[position], now) for key, position in keys.items()],
             )
-            if self._writes % 1024 < len(keys):  # now and then, forget keys whose window closed
+            keyed = self._keyed.get(qid, 0) + len(keys)
+            if keyed >= _DEDUP_SWEEP:  # every so many keys put in this queue, forget those whose window closed
                 window = self._spec(conn, qid)[3]
                 conn.execute("DELETE FROM mq_dedup WHERE qid = ? AND first_at + ? <= ?", (qid, window, now))
+                keyed = 0
+            self._keyed[qid] = keyed
         return ids
 
     def _do_lease(self, conn: sqlite3.Connection, queue: str, n: int, now: float, lease: float) -> list[Leased]:
