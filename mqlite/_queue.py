@@ -187,8 +187,10 @@ class Queue(Generic[T]):
             raise
         self._channel: Channel = channel_for(storage, self._name)
         self._dead_letter_channel: Channel | None = None
-        if max_attempts is not None:
-            self._dead_channel().feeders.add(self._name)
+        if max_attempts is not None:  # deaths by lease expiry land in the dead-letter queue
+            dead = self._dead_channel()
+            with dead.mutex:
+                dead.feeders[self._name] = dead.feeders.get(self._name, 0) + 1
         self._consumers: weakref.WeakSet[Consumer[T]] = weakref.WeakSet()
         self._default: Consumer[T] = Consumer(self, lease, 1, False)
 
@@ -986,6 +988,14 @@ class Queue(Generic[T]):
             for consumer in consumers:
                 consumer._release_held()
         finally:
+            if self._spec.max_attempts is not None:  # this object no longer feeds the dead-letter queue
+                dead = self._dead_channel()
+                with dead.mutex:
+                    left = dead.feeders.get(self._name, 0) - 1
+                    if left > 0:
+                        dead.feeders[self._name] = left
+                    else:
+                        dead.feeders.pop(self._name, None)
             forget(self._storage, consumers)  # a lease keeper left with nothing to renew ends now
             for consumer in consumers:
                 self._channel.close_owner(consumer)

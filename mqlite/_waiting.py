@@ -19,7 +19,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -128,7 +128,7 @@ class Channel:
         self.timer_at = NEVER
         # Queues (opened in this process) that dead-letter into this one after max_attempts: a
         # lease of theirs ending unsettled can move a message here, with no call saying so.
-        self.feeders: set[str] = set()
+        self.feeders: dict[str, int] = {}  # name -> open Queue objects of it (see Queue._feed)
 
     def enlist(self, waiters: deque[Waiter], waiter: Waiter) -> None:
         """Add ``waiter``; the caller holds the mutex and checked ``epoch``."""
@@ -299,7 +299,9 @@ class Channel:
             waiter.wake()
 
 
-_channels: weakref.WeakKeyDictionary[Storage, dict[str, Channel]] = weakref.WeakKeyDictionary()
+# By storage, then by queue name; a channel lives as long as a Queue object refers to it, so a
+# process that opens a queue per tenant does not keep one for every name it ever used.
+_channels: weakref.WeakKeyDictionary[Storage, weakref.WeakValueDictionary[str, Channel]] = weakref.WeakKeyDictionary()
 _kicks: weakref.WeakKeyDictionary[Storage, Callable[[], None] | None] = weakref.WeakKeyDictionary()
 _channels_lock = threading.Lock()
 
@@ -327,7 +329,7 @@ def channel_for(storage: Storage, name: str) -> Channel:
     with _channels_lock:
         by_name = _channels.get(storage)
         if by_name is None:
-            by_name = _channels[storage] = {}
+            by_name = _channels[storage] = weakref.WeakValueDictionary()
             _kicks[storage] = storage.watch(partial(_external, by_name), partial(_anyone_waits, by_name))
         channel = by_name.get(name)
         if channel is None:
@@ -335,13 +337,13 @@ def channel_for(storage: Storage, name: str) -> Channel:
         return channel
 
 
-def _external(by_name: dict[str, Channel]) -> None:
+def _external(by_name: Mapping[str, Channel]) -> None:
     """Another process changed the storage: every channel of it looks again (see ``external``)."""
     for channel in list(by_name.values()):
         channel.external()
 
 
-def _anyone_waits(by_name: dict[str, Channel]) -> bool:
+def _anyone_waits(by_name: Mapping[str, Channel]) -> bool:
     """Whether a caller of this process waits on a queue of the storage (read without locks:
     a caller that starts waiting calls the storage's kick after it enlisted)."""
     return any(channel.getters or channel.putters or channel.joiners for channel in list(by_name.values()))

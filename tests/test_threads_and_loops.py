@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import sqlite3
 import threading
 import time
@@ -675,3 +676,28 @@ def test_coroutines_on_one_storage_go_on_while_another_storage_is_stalled(tmp_pa
             assert stalled.qsize() == 8
             stalled.close()
             other.close()
+
+
+def test_a_queue_per_tenant_leaves_no_state_behind_per_name():
+    """A process that opens and closes a queue per tenant on one storage, all feeding one
+    dead-letter queue: the waiting channels of closed queues go with them, and the shared
+    dead-letter queue stops applying time to queues nobody has open (each get of it once asked
+    the storage about every tenant ever opened)."""
+    from mqlite._waiting import _channels
+
+    storage = mqlite.MemoryStorage()
+    dead = mqlite.Queue("graveyard", storage, max_attempts=None)
+    for tenant in range(2000):
+        with mqlite.Queue(f"tenant-{tenant}", storage, dead_letter="graveyard") as q:
+            q.put(tenant)
+            q.get().ack()
+    gc.collect()
+    assert len(_channels[storage]) <= 2  # the dead-letter queue's (and none per tenant)
+    assert dead._channel.feeders == {}
+    with (
+        mqlite.Queue("tenant-0", storage, dead_letter="graveyard"),
+        mqlite.Queue("tenant-0", storage, dead_letter="graveyard"),
+    ):
+        assert dead._channel.feeders == {"tenant-0": 2}
+    assert dead._channel.feeders == {}
+    dead.close()
