@@ -930,3 +930,18 @@ def test_a_forked_child_leaves_the_storage_and_its_lock_to_the_parent(tmp_path, 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
+
+
+def test_a_storage_dropped_without_close_lets_its_lock_and_files_go(tmp_path):
+    """Like Python's own files, a FileStorage collected unclosed closes its descriptors; its
+    directory lock with them (it once stayed locked for the rest of the process, every later
+    open failing with StorageLocked naming this very process)."""
+    import gc
+
+    directory = str(tmp_path / "q")
+    storage = FileStorage(directory)
+    storage.open_queue(QueueSpec("q", None))
+    storage.put("q", [Envelope(b"kept")], T0)
+    del storage
+    gc.collect()
+    assert _contents(directory) == {1: b"kept"}

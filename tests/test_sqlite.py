@@ -969,3 +969,24 @@ def test_expired_dedup_keys_are_deleted_whatever_else_the_process_writes(tmp_pat
     keyed.close()
     plain.close()
     storage.close()
+
+
+def test_a_storage_dropped_without_close_keeps_no_descriptor(tmp_path):
+    """A queue per request on a durable SQLite URL, never closed: each dropped storage's WAL
+    descriptor (opened for the fsyncs of durability="full") is closed when it is collected."""
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def request(number: int) -> None:
+        q: mqlite.Queue[str] = mqlite.Queue("jobs", storage=f"sqlite:///{tmp_path}/q{number}.db")
+        q.put("job")  # durable: opens the WAL's descriptor to fsync it
+
+    request(0)
+    gc.collect()
+    before = open_fds()
+    for number in range(1, 30):
+        request(number)
+    gc.collect()
+    assert open_fds() <= before + 2

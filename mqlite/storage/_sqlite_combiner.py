@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from .._errors import StorageError
+from ._descriptors import Descriptors
 
 MISS: Final = object()
 """What a cache answer (``SQLiteStorage._fast``) returns when it cannot answer: run the call."""
@@ -81,6 +82,16 @@ class Combiner(abc.ABC):
     _qids: dict[str, int]
     _fast: ClassVar[dict[str, Callable[..., object]]]
 
+    @property
+    def _wal_fd(self) -> int | None:
+        """The descriptor the WAL is fsync'ed through (None until the first durable call)."""
+        fd = self._descriptors.wal
+        return None if fd < 0 else fd
+
+    @_wal_fd.setter
+    def _wal_fd(self, fd: int | None) -> None:
+        self._descriptors.wal = -1 if fd is None else fd
+
     def _init_combiner(self) -> None:
         """Set up the combiner's process-local state (at start, and again in a forked child)."""
         self._mutex = threading.Lock()  # guards _pending and _busy
@@ -93,7 +104,9 @@ class Combiner(abc.ABC):
         # fsync for every commit made before it started (see _sync_wal).
         self._split = self._full and os.name == "posix"
         self._sync_lock = threading.Lock()  # one fsync of the WAL at a time
-        self._wal_fd: int | None = None
+        if not hasattr(self, "_descriptors"):  # kept across a fork: the finalizer is registered once
+            self._descriptors = Descriptors(self)
+        self._wal_fd = None
         self._committed = 0  # transactions with a durable call, numbered as they commit
         self._synced = 0  # the highest of those numbers known to be on stable storage
         self._sync_failed: OSError | None = None

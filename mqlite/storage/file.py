@@ -30,6 +30,7 @@ from typing import ClassVar, Final, Literal, final
 from .. import _validate
 from .._errors import StorageError, StorageLocked
 from . import _log
+from ._descriptors import Descriptors
 from ._group_commit import GroupCommit
 from ._index import Index
 from ._replay import Replayer, expire_leases
@@ -122,6 +123,7 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
         self._lock = threading.Lock()
         self._init_group_commit()
         self._index = Index()
+        self._descriptors = Descriptors(self)
         self._fd = -1
         self._segment = 0
         self._seg_bytes = 0  # where the next record goes in the current segment
@@ -153,6 +155,24 @@ class FileStorage(Storage, GroupCommit, SpaceKeeper):
             if isinstance(exc, OSError):  # listing, opening, creating, cutting files: name the storage
                 raise StorageError(f"cannot open the log in {self.path!r}: {exc}") from exc
             raise
+
+    @property
+    def _fd(self) -> int:
+        """The descriptor of the segment being appended to (-1: none)."""
+        return self._descriptors.segment
+
+    @_fd.setter
+    def _fd(self, fd: int) -> None:
+        self._descriptors.segment = fd
+
+    @property
+    def _lock_fd(self) -> int:
+        """The descriptor of the lock file, whose ``flock`` is the directory's lock (-1: none)."""
+        return self._descriptors.lock
+
+    @_lock_fd.setter
+    def _lock_fd(self, fd: int) -> None:
+        self._descriptors.lock = fd
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else " failed" if self._failed is not None else ""
