@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 from _churn import churn_step
@@ -942,6 +943,8 @@ def test_a_storage_dropped_without_close_lets_its_lock_and_files_go(tmp_path):
     storage = FileStorage(directory)
     storage.open_queue(QueueSpec("q", None))
     storage.put("q", [Envelope(b"kept")], T0)
-    del storage
-    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del storage
+        gc.collect()
     assert _contents(directory) == {1: b"kept"}
