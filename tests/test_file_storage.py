@@ -815,6 +815,18 @@ def test_a_log_deleted_while_open_is_reported_instead_of_synced_into_nothing(tmp
 
 # -- fork -------------------------------------------------------------------------------------
 
+
+def _run_fresh(script: str, *arguments: str) -> None:
+    """Run ``script`` in a fresh interpreter (forking there, with no thread of pytest's alive);
+    it must print "ok"."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
 FORK_LEAVES_THE_STORAGE_TO_THE_PARENT = textwrap.dedent(
     """
     import os, sys, time
@@ -904,16 +916,7 @@ FORK_WHILE_OPENING_OR_CLOSING = textwrap.dedent(
 
 @pytest.mark.parametrize("moment", ["opening", "closing"])
 def test_a_child_forked_while_the_storage_opens_or_closes_holds_no_lock(tmp_path, moment):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_WHILE_OPENING_OR_CLOSING, str(tmp_path / "q"), moment],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok\n"
+    _run_fresh(FORK_WHILE_OPENING_OR_CLOSING, str(tmp_path / "q"), moment)
 
 
 @pytest.mark.parametrize("durability", ["full", "normal"])
@@ -921,16 +924,7 @@ def test_a_forked_child_leaves_the_storage_and_its_lock_to_the_parent(tmp_path, 
     """A FileStorage serves the process that opened it. A child forked from it refuses every
     call (a write would land in the parent's log under ids the parent gives too) and drops its
     copy of the lock, so the parent can close and reopen while the child lives on."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_LEAVES_THE_STORAGE_TO_THE_PARENT, str(tmp_path / "q"), durability],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok\n"
+    _run_fresh(FORK_LEAVES_THE_STORAGE_TO_THE_PARENT, str(tmp_path / "q"), durability)
 
 
 def test_a_storage_dropped_without_close_lets_its_lock_and_files_go(tmp_path):
