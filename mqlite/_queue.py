@@ -454,7 +454,6 @@ class Queue(Generic[T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = relay = False
         need = len(envelopes)  # the places to wait for
-        keyed = need > 1 and any(envelope.dedup_key is not None for envelope in envelopes)
         while True:
             try:
                 with self._ops or NOTHING:  # each attempt, not the sleep
@@ -471,7 +470,7 @@ class Queue(Generic[T]):
                         return ids
                     if woken:
                         channel.pass_room(need, relay)
-                    if keyed:
+                    if _keyed_batch(envelopes):
                         need = self._room_needed(self._storage.count_new(self._name, envelopes, now))
                     remaining = self._room_wait_time(block, deadline)
                     remaining = self._until(self._storage.next_wakeup(self._name, now), remaining)
@@ -497,7 +496,6 @@ class Queue(Generic[T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         woken = relay = False
         need = len(envelopes)  # the places to wait for
-        keyed = need > 1 and any(envelope.dedup_key is not None for envelope in envelopes)
         while True:
             try:
                 with self._ops or NOTHING:  # each attempt, not the sleep
@@ -518,7 +516,7 @@ class Queue(Generic[T]):
                         return ids
                     if woken:
                         channel.pass_room(need, relay)
-                    if keyed:
+                    if _keyed_batch(envelopes):
                         count_new = await self._call(self._storage.count_new, self._name, envelopes, now)
                         need = self._room_needed(count_new)
                     remaining = self._room_wait_time(True, deadline)
@@ -1045,6 +1043,12 @@ def _defaults(delay: object, priority: object, group: object, dedup_key: object,
         and dedup_key is None
         and headers is None
     )
+
+
+def _keyed_batch(envelopes: Sequence[Envelope]) -> bool:
+    """Whether a put that found no room is a batch with dedup keys, whose duplicates need no
+    room (asked only then, not on every put)."""
+    return len(envelopes) > 1 and any(envelope.dedup_key is not None for envelope in envelopes)
 
 
 def _batch_member_key(batch_key: str, position: int) -> str:
